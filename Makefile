@@ -1,0 +1,28 @@
+# The two commands:  make reproduce   (set up everything, then reproduce the tutorial)
+#                    make test        (set up everything, then run the tests)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: setup data reproduce test benchmark compare clean
+
+setup: $(VENV)/.installed data
+
+# A virtual environment with the package (editable) and pytest; redone when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+# Fashion-MNIST: found if already there, else Debian's package (as root), else torchvision's download.
+data: $(VENV)/.installed
+	$(BIN)/bn-lenet data --get
+
+reproduce: setup
+	$(BIN)/python experiments/reproduce.py
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -1,0 +1,99 @@
+"""Batch normalization from scratch: the d2l tutorial's layer, written to run correctly and fast.
+
+Default semantics are the tutorial's:
+
+    moving = momentum * moving + (1 - momentum) * batch      (momentum 0.9: weight on the OLD value)
+    moving_var stores the biased batch variance (divide by n)
+    eps = 1e-5
+
+Where the tutorial is wrong for real use, this layer differs, on purpose:
+
+1. Train/eval follows ``module.training`` (``net.train()`` / ``net.eval()``), as ``nn.BatchNorm`` does.
+   The tutorial switches on ``torch.is_grad_enabled()``, so ``net.eval()`` did nothing to it and
+   evaluating without ``torch.no_grad()`` silently used (and updated) the batch statistics.
+2. ``moving_mean`` / ``moving_var`` are registered buffers updated in place. The tutorial re-binds
+   plain attributes every step, so they were missing from ``state_dict`` (lost by a checkpoint),
+   not moved by ``.to(device)``, and unusable under CUDA graphs (a replay reads fixed addresses).
+3. A training batch with one value per channel raises ``ValueError`` (as ``nn.BatchNorm`` does);
+   the tutorial silently normalized it to zeros (x - mean(x) == 0).
+4. Input of the wrong rank or channel count raises ``ValueError`` naming the expected shape.
+
+Options, to match PyTorch's conventions exactly: ``momentum=0.9`` here equals ``nn.BatchNorm``'s
+``momentum=0.1`` (the two libraries weight opposite ends), and ``unbiased=True`` stores the unbiased
+variance (divide by n - 1) in ``moving_var`` as ``nn.BatchNorm`` does. The normalization itself always
+uses the biased batch variance, in every implementation.
+
+Gamma and beta are stored as shape (C,) (as ``nn.BatchNorm``'s weight and bias), not the tutorial's
+(1, C, 1, 1), so per-channel values read the same for both layers.
+"""
+
+import torch
+from torch import nn
+
+
+def _per_channel(t: torch.Tensor, ndim: int) -> torch.Tensor:
+    """View a (C,) tensor so it broadcasts over (N, C) or (N, C, H, W)."""
+    return t.view(1, -1) if ndim == 2 else t.view(1, -1, 1, 1)
+
+
+def batch_norm(X, gamma, beta, moving_mean, moving_var, eps=1e-5, momentum=0.9, training=True,
+               unbiased=False):
+    """Normalize X (N, C) or (N, C, H, W) per channel; update moving statistics in place when training.
+
+    gamma, beta, moving_mean, moving_var have shape (C,). Returns gamma * X_hat + beta.
+    """
+    if not training:
+        # Inference: the moving statistics, never this batch's own (the batch may be a single example).
+        scale = gamma * torch.rsqrt(moving_var + eps)
+        shift = beta - moving_mean * scale
+        return X * _per_channel(scale, X.ndim) + _per_channel(shift, X.ndim)
+
+    dims = (0,) if X.ndim == 2 else (0, 2, 3)
+    n = X.numel() // X.shape[1]  # values per channel in this batch (a shape, so no device sync)
+    if n < 2:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input of shape "
+                         f"{tuple(X.shape)}: batch normalization needs at least 2 values per channel "
+                         f"(use a batch size >= 2, or call model.eval() for single examples)")
+    # One pass over X for both statistics (var_mean), then one fused scale-and-shift.
+    var, mean = torch.var_mean(X, dim=dims, correction=0)
+    scale = gamma * torch.rsqrt(var + eps)
+    Y = (X - _per_channel(mean, X.ndim)) * _per_channel(scale, X.ndim) + _per_channel(beta, X.ndim)
+    with torch.no_grad():
+        # In place, so the buffers keep their identity (state_dict, .to(), CUDA graphs).
+        batch_var = var * (n / (n - 1)) if unbiased else var
+        moving_mean.lerp_(mean, 1.0 - momentum)  # == momentum * moving + (1 - momentum) * batch
+        moving_var.lerp_(batch_var, 1.0 - momentum)
+    return Y
+
+
+class BatchNorm(nn.Module):
+    """Scratch batch normalization for (N, C) (``num_dims=2``) or (N, C, H, W) (``num_dims=4``) input.
+
+    See the module docstring for how it differs from the tutorial's layer and from ``nn.BatchNorm``.
+    """
+
+    def __init__(self, num_features: int, num_dims: int, eps: float = 1e-5, momentum: float = 0.9,
+                 unbiased: bool = False):
+        super().__init__()
+        if num_dims not in (2, 4):
+            raise ValueError(f"num_dims must be 2 (N, C) or 4 (N, C, H, W), got {num_dims}")
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"momentum must be in [0, 1] (weight kept on the old moving value), got {momentum}")
+        self.num_features, self.num_dims = num_features, num_dims
+        self.eps, self.momentum, self.unbiased = eps, momentum, unbiased
+        self.gamma = nn.Parameter(torch.ones(num_features))
+        self.beta = nn.Parameter(torch.zeros(num_features))
+        self.register_buffer("moving_mean", torch.zeros(num_features))
+        self.register_buffer("moving_var", torch.ones(num_features))
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        if X.ndim != self.num_dims or X.shape[1] != self.num_features:
+            layout = "(N, C)" if self.num_dims == 2 else "(N, C, H, W)"
+            raise ValueError(f"BatchNorm({self.num_features}, num_dims={self.num_dims}) expects {layout} input "
+                             f"with C={self.num_features}, got shape {tuple(X.shape)}")
+        return batch_norm(X, self.gamma, self.beta, self.moving_mean, self.moving_var, eps=self.eps,
+                          momentum=self.momentum, training=self.training, unbiased=self.unbiased)
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_features}, num_dims={self.num_dims}, eps={self.eps}, momentum={self.momentum}, "
+                f"unbiased={self.unbiased}")

@@ -1,0 +1,137 @@
+"""Command line: ``bn-lenet run | inspect | data`` (also ``python -m bn_lenet``).
+
+User errors print one ``error: ...`` line and exit 2, without a traceback (``--debug`` shows it).
+"""
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+from .errors import UserError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bn-lenet", description="LeNet with scratch vs built-in batch "
+                                "normalization on Fashion-MNIST.")
+    p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = sub.add_parser("run", help="train one run from a TOML config")
+    run.add_argument("config", nargs="?", help="a TOML config, e.g. configs/scratch_bn.toml")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                     help="override a config value, e.g. --set train.lr=0.5 (repeatable)")
+    run.add_argument("--out", help="run directory (default: results/runs/<config>-<time>); never overwritten")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last finished epoch")
+    run.add_argument("--device", help="shorthand for --set train.device=... (auto, cpu, cuda)")
+    run.add_argument("--data-dir", help="folder with the four Fashion-MNIST IDX files (default: search)")
+    run.add_argument("--quiet", action="store_true", help="no progress bar, only one line per epoch")
+
+    inspect = sub.add_parser("inspect", help="gamma/beta of every BN layer of a run (two runs: side by side)")
+    inspect.add_argument("runs", nargs="+", metavar="RUN_DIR", help="one or two run directories")
+    inspect.add_argument("--values", action="store_true", help="also print every channel's value")
+
+    data = sub.add_parser("data", help="find and check Fashion-MNIST; with --get, obtain it")
+    data.add_argument("--data-dir", help="folder with the four IDX files (default: search)")
+    data.add_argument("--get", action="store_true",
+                      help="if missing: install Debian's package (as root) or download it with torchvision")
+    return p
+
+
+def cmd_run(args) -> int:
+    from . import config, runs
+    if bool(args.config) == bool(args.resume):
+        raise UserError("give either a CONFIG to start a run or --resume RUN_DIR to continue one (not both)")
+    progress = not args.quiet and sys.stderr.isatty()
+    if args.resume:
+        if args.overrides or args.out or args.device or args.data_dir:
+            raise UserError("--resume continues a run with its saved config: drop --set/--out/--device/--data-dir")
+        cfg, _ = runs.resume_config(args.resume)
+        meta = runs.train_run(cfg, out=args.resume, progress=progress, resume=True)
+    else:
+        overrides = list(args.overrides)
+        if args.device:
+            overrides.append(f"train.device={args.device}")
+        if args.data_dir:
+            overrides.append(f"data.root={args.data_dir}")
+        cfg = config.resolve(args.config, overrides)
+        meta = runs.train_run(cfg, out=args.out, name=Path(args.config).stem, progress=progress)
+    for line in runs.summary_lines(meta["run_dir"]):
+        print(line)
+    print(f"run directory: {meta['run_dir']} ({meta['status']})")
+    return {"finished": 0, "interrupted": 130}.get(meta["status"], 1)
+
+
+def cmd_inspect(args) -> int:
+    from .runs import read_json
+    if len(args.runs) > 2:
+        raise UserError("inspect takes one run directory, or two to compare side by side")
+    params = []
+    for run in args.runs:
+        path = Path(run) / "bn_params.json"
+        if not path.is_file():
+            raise UserError(f"{run} is not a run directory with BN parameters (no {path.name}); "
+                            f"give a folder written by `bn-lenet run`")
+        params.append(read_json(path))
+    if not params[0]:
+        print(f"{args.runs[0]}: no BN layers (norm = none)")
+        return 0
+    print(format_bn_table(params, args.runs, values=args.values))
+    return 0
+
+
+def _stats(v: list) -> str:
+    return f"{statistics.fmean(v):8.4f} {statistics.pstdev(v):7.4f} {min(v):8.4f} {max(v):8.4f}"
+
+
+def format_bn_table(params: list, labels: list, values: bool = False) -> str:
+    """Per layer and per parameter: mean, std, min, max (one column group per run)."""
+    head = "layer      param    n " + " | ".join(f"{'mean':>8} {'std':>7} {'min':>8} {'max':>8}" for _ in params)
+    lines = [" | ".join(f"[{i + 1}] {label}" for i, label in enumerate(labels)), head, "-" * len(head)]
+    for layer in params[0]:
+        for key in ("gamma", "beta"):
+            cells = [_stats(p[layer][key]) if layer in p else f"{'-':>34}" for p in params]
+            lines.append(f"{layer:10} {key:5} {len(params[0][layer][key]):4d} " + " | ".join(cells))
+    if values:
+        for i, p in enumerate(params):
+            for layer in p:
+                for key in ("gamma", "beta"):
+                    lines.append(f"[{i + 1}] {layer} {key}: " + " ".join(f"{x:.4f}" for x in p[layer][key]))
+    return "\n".join(lines)
+
+
+def cmd_data(args) -> int:
+    from . import data
+    ds = data.get_dataset(args.data_dir) if args.get else data.load_dataset(args.data_dir)
+    print(f"Fashion-MNIST OK in {ds.source}: train {tuple(ds.train_images.shape)}, test "
+          f"{tuple(ds.test_images.shape)}, labels 0-9")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "inspect": cmd_inspect, "data": cmd_data}
+
+
+def run_main(fn, *args, debug=False) -> int:
+    """Run fn(*args); a user error becomes one ``error:`` line and exit code 2 (``--debug``: the traceback)."""
+    debug = debug or "--debug" in sys.argv
+    try:
+        return fn(*args)
+    except UserError as e:
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_main(COMMANDS[args.command], args, debug=args.debug)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

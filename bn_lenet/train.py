@@ -1,0 +1,224 @@
+"""The training loop: fit(), evaluate(), and re-estimating BN statistics ("precise BN").
+
+Metrics follow the tutorial: train loss and accuracy are averages over the epoch's batches in train mode
+(the model changes while they are measured), test accuracy is measured in eval mode after the epoch,
+examples/sec counts the training steps only (not data preparation or evaluation).
+
+Speed: the data already lives on the device; loss and correct counts accumulate there and are read once
+per epoch, so nothing inside an epoch waits for the device (the progress bar, when shown, reads them
+every ``PROGRESS_EVERY`` steps).
+"""
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, asdict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import FashionMNIST, epoch_order, num_batches, to_float
+from .errors import UserError
+from .model import bn_layers, moving_stats
+from .batchnorm import BatchNorm
+
+PROGRESS_EVERY = 25
+
+
+@dataclass
+class EpochStats:
+    epoch: int                 # 1-based
+    loss: float
+    train_acc: float
+    test_acc: float
+    examples_per_sec: float    # training steps only, as the tutorial times them
+    seconds: float             # wall time of the whole epoch, evaluation included
+    test_acc_precise: float | None = None   # with BN statistics re-estimated (eval.precise_bn)
+
+    def row(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+class Diverged(Exception):
+    def __init__(self, stats: EpochStats):
+        super().__init__(f"training diverged at epoch {stats.epoch}: loss is {stats.loss}")
+        self.stats = stats
+
+
+class Interrupted(Exception):
+    def __init__(self, epoch: int, batch: int):
+        super().__init__(f"interrupted during epoch {epoch}, batch {batch}")
+        self.epoch, self.batch = epoch, batch
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"train.device is {name!r} but no CUDA GPU is visible to PyTorch "
+                        f"(torch.cuda.is_available() is False); use --set train.device=auto or cpu")
+    return torch.device(name)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    from .runs import cpu_model
+    return cpu_model()
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast for conv/linear; our BN computes its statistics in fp32 (see BatchNorm.forward)."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    # The tutorial's plain SGD: no momentum, no weight decay.
+    return torch.optim.SGD(model.parameters(), lr=lr)
+
+
+def train_step(model, optimizer, images, labels, precision="fp32"):
+    """One SGD step; returns (summed loss over the batch, correct count), both still on the device."""
+    with autocast(images.device, precision):
+        logits = model(images)
+    loss = F.cross_entropy(logits.float(), labels)  # mean over the batch, as the tutorial
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach() * labels.shape[0], (logits.argmax(dim=1) == labels).sum()
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000,
+             precision: str = "fp32") -> float:
+    """Accuracy in eval mode (BN uses its moving statistics). Leaves the model in eval mode."""
+    model.eval()
+    correct = torch.zeros((), dtype=torch.long, device=labels.device)
+    for i in range(0, labels.shape[0], batch_size):
+        with autocast(images.device, precision):
+            logits = model(to_float(images[i:i + batch_size]))
+        correct += (logits.argmax(dim=1) == labels[i:i + batch_size]).sum()
+    return correct.item() / labels.shape[0]  # the one host sync
+
+
+@torch.no_grad()
+def reestimate_bn(model: nn.Module, images: torch.Tensor, batch_size: int, max_batches: int = 0) -> None:
+    """Precise BN: replace every BN layer's moving statistics by the average of per-batch statistics over
+    training batches, with the weights fixed (as torch.optim.swa_utils.update_bn, but for the scratch
+    layer too). Each layer keeps its own variance convention (biased or unbiased)."""
+    sums, hooks = {}, []
+
+    def hook_for(name, layer):
+        unbiased = layer.unbiased if isinstance(layer, BatchNorm) else True  # nn.BatchNorm stores unbiased
+
+        def hook(_module, inputs):
+            x = inputs[0].float()
+            dims = (0,) if x.ndim == 2 else (0, 2, 3)
+            var, mean = torch.var_mean(x, dim=dims, correction=1 if unbiased else 0)
+            s = sums.setdefault(name, [torch.zeros_like(mean), torch.zeros_like(var), 0])
+            s[0] += mean
+            s[1] += var
+            s[2] += 1
+        return hook
+
+    layers = bn_layers(model)
+    for name, layer in layers.items():
+        hooks.append(layer.register_forward_pre_hook(hook_for(name, layer)))
+    was_training = model.training
+    model.train()  # batch statistics flow forward as in training; the weights are not touched
+    try:
+        for i in range(num_batches(images.shape[0], batch_size, max_batches)):
+            model(to_float(images[i * batch_size:(i + 1) * batch_size]))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    for name, layer in layers.items():
+        mean_sum, var_sum, count = sums[name]
+        moving_mean, moving_var = moving_stats(layer)
+        moving_mean.copy_(mean_sum / count)
+        moving_var.copy_(var_sum / count)
+
+
+def precise_test_acc(model, data: FashionMNIST, batch_size: int, max_batches: int, eval_batch_size: int) -> float:
+    """Test accuracy with re-estimated BN statistics; the model's own moving statistics are restored after."""
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    try:
+        reestimate_bn(model, data.train_images, batch_size, max_batches)
+        return evaluate(model, data.test_images, data.test_labels, eval_batch_size)
+    finally:
+        model.load_state_dict(saved)
+
+
+def fit(model: nn.Module, data: FashionMNIST, cfg, optimizer=None, start_epoch: int = 0, on_epoch=None,
+        progress: bool = False, should_stop=lambda: False) -> list:
+    """Train ``model`` on ``data`` (already on the model's device) for epochs start_epoch+1 .. cfg.train.epochs.
+
+    ``on_epoch(stats)`` runs after each finished epoch (the run directory saves there). A non-finite loss
+    raises Diverged before on_epoch; ``should_stop()`` true at a batch boundary raises Interrupted.
+    """
+    t, device = cfg.train, data.train_labels.device
+    optimizer = optimizer or make_optimizer(model, t.lr)
+    step = train_step
+    if t.compile:
+        step = torch.compile(train_step)
+    n = data.train_labels.shape[0]
+    batches = num_batches(n, t.batch_size, t.limit_batches)
+    history = []
+    for epoch in range(start_epoch + 1, t.epochs + 1):
+        started = time.perf_counter()
+        model.train()
+        order = epoch_order(n, t.seed, epoch, device)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), dtype=torch.long, device=device)
+        seen = 0
+        bar = _progress_bar(progress, batches, epoch, t.epochs)
+        sync(device)
+        step_start = time.perf_counter()
+        for b in range(batches):
+            if should_stop():
+                raise Interrupted(epoch, b)
+            idx = order[b * t.batch_size:(b + 1) * t.batch_size]
+            batch_loss, batch_correct = step(model, optimizer, to_float(data.train_images[idx]),
+                                             data.train_labels[idx], t.precision)
+            loss_sum += batch_loss
+            correct += batch_correct
+            seen += idx.shape[0]
+            if bar is not None:
+                bar.update(1)
+                if (b + 1) % PROGRESS_EVERY == 0:  # a host sync, only when someone watches the bar
+                    bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}")
+        sync(device)
+        step_seconds = time.perf_counter() - step_start
+        loss, train_acc = loss_sum.item() / seen, correct.item() / seen
+        test_acc = float("nan") if not math.isfinite(loss) else evaluate(
+            model, data.test_images, data.test_labels, cfg.eval.batch_size, t.precision)
+        stats = EpochStats(epoch, loss, train_acc, test_acc, seen / step_seconds, 0.0)
+        if cfg.eval.precise_bn and math.isfinite(loss):
+            stats.test_acc_precise = precise_test_acc(model, data, t.batch_size, cfg.eval.precise_bn_batches,
+                                                      cfg.eval.batch_size)
+        stats.seconds = time.perf_counter() - started
+        if bar is not None:
+            bar.set_postfix(loss=f"{loss:.3f}", acc=f"{train_acc:.3f}", test=f"{test_acc:.3f}")
+            bar.close()
+        if not math.isfinite(loss):
+            raise Diverged(stats)
+        history.append(stats)
+        if on_epoch is not None:
+            on_epoch(stats)
+    return history
+
+
+def _progress_bar(enabled: bool, total: int, epoch: int, epochs: int):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=True, dynamic_ncols=True)
