@@ -35,6 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--data-dir", help="folder with the four IDX files (default: search)")
     data.add_argument("--get", action="store_true",
                       help="if missing: install Debian's package (as root) or download it with torchvision")
+
+    from .benchmark import add_arguments as add_benchmark_arguments
+    add_benchmark_arguments(sub.add_parser("benchmark", help="time the tutorial's loop against the project's "
+                                           "(results/benchmark/<device>.json and .md)"))
     return p
 
 
@@ -108,7 +112,12 @@ def cmd_data(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "inspect": cmd_inspect, "data": cmd_data}
+def cmd_benchmark(args) -> int:
+    from . import benchmark
+    return benchmark.run_from_args(args, "python -m bn_lenet " + " ".join(sys.argv[1:]))
+
+
+COMMANDS = {"run": cmd_run, "inspect": cmd_inspect, "data": cmd_data, "benchmark": cmd_benchmark}
 
 
 def run_main(fn, *args, debug=False) -> int:

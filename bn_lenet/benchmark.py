@@ -1,0 +1,276 @@
+"""Benchmark: the tutorial's loop against the project's, side by side, in one process, on one device.
+
+Every variant (loop x norm) is a run of ``epochs`` epochs; the runs advance one epoch at a time in turn
+(round robin), so a slow spell on a shared machine hits all of them alike. Per run it reports:
+
+- examples/sec on the tutorial's definition (training steps only, data fetching and evaluation left out):
+  the median over epochs, and the tutorial's own figure (all examples / all step time, compile included);
+- end-to-end seconds: process start-up (a fresh interpreter importing torch, torchvision and bn_lenet,
+  timed once and added to every run) + the run's setup (data, model) + every epoch (steps, evaluation);
+- the final loss, train accuracy and test accuracy, so the speed is seen next to what was trained.
+
+Then the ratios project/tutorial and scratch/built-in, peak memory, device, CPU model, threads, versions.
+Optionally (``--reproduce``) it also times the real reproduction, ``experiments/reproduce.py``, in a
+subprocess (start-up, data, both variants, evaluation, files and plots: the 90-second target).
+
+Output: a table on stdout, ``results/benchmark/<device-kind>.json`` and ``.md`` (``-quick`` for --quick).
+"""
+
+import dataclasses
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from . import config as config_mod
+from . import data as data_mod
+from . import tutorial
+from .model import lenet
+from .data import num_batches
+from .train import fit, make_optimizer, resolve_device, sync
+
+ROOT = Path(__file__).resolve().parents[1]
+TUTORIAL_NORMS = ("scratch", "torch")  # the tutorial's two runs; "none" is not one of them
+CONFIGS = {"scratch": "configs/scratch_bn.toml", "torch": "configs/torch_bn.toml", "none": "configs/no_bn.toml"}
+
+
+# --- the two loops, as runs that advance one epoch per next() -------------------------------------------
+
+def tutorial_run(norm, epochs, limit_batches, device, seed, root=None):
+    """The tutorial's loop (bn_lenet.tutorial): first yields setup seconds, then one row per epoch."""
+    started = time.perf_counter()
+    torch.manual_seed(seed)
+    train_iter, test_iter = tutorial.load_data_fashion_mnist(256, root)
+    net = tutorial.lenet(norm)
+    yield time.perf_counter() - started
+    threads = torch.get_num_threads()
+    for row in tutorial.train_epochs(net, train_iter, test_iter, epochs, 1.0, device, limit_batches):
+        yield dict(row, threads=threads)
+
+
+def project_run(cfg, device):
+    """The project's loop (train.fit), one epoch per call, exactly as ``bn-lenet run`` trains."""
+    started = time.perf_counter()
+    data = data_mod.load_dataset(cfg.data.root or None).to(device)
+    torch.manual_seed(cfg.train.seed)
+    model = lenet(cfg.model.norm).to(device)
+    optimizer = make_optimizer(model, cfg.train.lr)
+    n = data.train_labels.shape[0]
+    examples = min(n, num_batches(n, cfg.train.batch_size, cfg.train.limit_batches) * cfg.train.batch_size)
+    sync(device)
+    yield time.perf_counter() - started
+    for epoch in range(1, cfg.train.epochs + 1):
+        if cfg.train.threads:  # as runs.train_run does before fit
+            torch.set_num_threads(cfg.train.threads)
+        this = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=epoch))
+        [s] = fit(model, data, this, optimizer, start_epoch=epoch - 1)
+        yield {"epoch": s.epoch, "loss": s.loss, "train_acc": s.train_acc, "test_acc": s.test_acc,
+               "examples": examples, "step_seconds": examples / s.examples_per_sec, "seconds": s.seconds,
+               "threads": torch.get_num_threads()}
+
+
+def startup_seconds() -> float:
+    """A fresh interpreter importing what a run imports: the start-up every real run pays once."""
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import torch, torchvision, bn_lenet.runs"], cwd=ROOT, check=True)
+    return time.perf_counter() - t
+
+
+def time_reproduction(overrides) -> dict:
+    """Wall time and peak memory of the real reproduction (both variants, 10 epochs) in a fresh process."""
+    with tempfile.TemporaryDirectory() as out:
+        cmd = [sys.executable, "experiments/reproduce.py", "--quiet", "--out", out]
+        for o in overrides:
+            cmd += ["--set", o]
+        t = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        output = proc.stdout.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t
+    if status != 0:
+        raise RuntimeError(f"reproduction failed (status {status}):\n{output[-2000:]}")
+    return {"command": " ".join(cmd[1:3] + ["--quiet"] + [f"--set {o}" for o in overrides]),
+            "wall_seconds": wall, "peak_rss_mb": usage.ru_maxrss / 1024,
+            "last_lines": [line for line in output.splitlines() if line.startswith("  loss")]}
+
+
+# --- running and summarizing ---------------------------------------------------------------------------
+
+def run(norms=("scratch", "torch", "none"), epochs=10, limit_batches=0, device="auto", seed=0, overrides=(),
+        reproduce=False, log=print) -> dict:
+    """Run every variant round robin; returns the report (see module docstring)."""
+    device = resolve_device(device)
+    base_threads = torch.get_num_threads()
+    runs = {}
+    for norm in norms:
+        if norm in TUTORIAL_NORMS:
+            runs[("tutorial", norm)] = tutorial_run(norm, epochs, limit_batches, device, seed)
+        cfg = config_mod.resolve(ROOT / CONFIGS[norm], [f"train.epochs={epochs}", f"train.seed={seed}",
+                                                        f"train.limit_batches={limit_batches}",
+                                                        f"train.device={device}", *overrides])
+        runs[("project", norm)] = project_run(cfg, device)
+    startup = startup_seconds()
+    rows = {key: {"setup_seconds": None, "epochs": []} for key in runs}
+    for epoch in range(epochs + 1):  # step 0 is the setup
+        for key, gen in runs.items():
+            torch.set_num_threads(base_threads)  # each loop applies its own thread setting, if any
+            out = next(gen)
+            if epoch == 0:
+                rows[key]["setup_seconds"] = out
+            else:
+                rows[key]["epochs"].append(out)
+                log(f"  epoch {epoch}/{epochs} {key[0]:8} {key[1]:7} "
+                    f"{out['examples'] / out['step_seconds']:9,.0f} examples/sec  {out['seconds']:6.1f} s")
+    variants = [summarize(loop, norm, r, startup) for (loop, norm), r in rows.items()]
+    report = {"epochs": epochs, "limit_batches": limit_batches, "startup_seconds": startup,
+              "variants": variants, "ratios": ratios(variants), "memory": memory(device)}
+    if reproduce:
+        log("  timing the full reproduction (experiments/reproduce.py) in a fresh process ...")
+        report["reproduction"] = time_reproduction(list(overrides))
+    return report
+
+
+def summarize(loop, norm, r, startup) -> dict:
+    eps = r["epochs"]
+    per_epoch = [e["examples"] / e["step_seconds"] for e in eps]
+    last = eps[-1]
+    return {"loop": loop, "norm": norm, "threads": last["threads"],
+            "examples_per_sec": statistics.median(per_epoch),
+            "examples_per_sec_whole_run": sum(e["examples"] for e in eps) / sum(e["step_seconds"] for e in eps),
+            "examples_per_sec_per_epoch": per_epoch,
+            "setup_seconds": r["setup_seconds"], "epoch_seconds": [e["seconds"] for e in eps],
+            "end_to_end_seconds": startup + r["setup_seconds"] + sum(e["seconds"] for e in eps),
+            "loss": last["loss"], "train_acc": last["train_acc"], "test_acc": last["test_acc"]}
+
+
+def ratios(variants) -> dict:
+    rate = {(v["loop"], v["norm"]): v["examples_per_sec"] for v in variants}
+    out = {}
+    for norm in TUTORIAL_NORMS:
+        if ("project", norm) in rate and ("tutorial", norm) in rate:
+            out[f"project/tutorial {norm}"] = rate[("project", norm)] / rate[("tutorial", norm)]
+    for loop in ("project", "tutorial"):
+        if (loop, "scratch") in rate and (loop, "torch") in rate:
+            out[f"scratch/torch {loop}"] = rate[(loop, "scratch")] / rate[(loop, "torch")]
+    return out
+
+
+def memory(device) -> dict:
+    """Peak memory. CPU: ru_maxrss (peak resident set) of this process, all variants together, and of the
+    largest finished child (the tutorial's DataLoader workers). CUDA: the allocator's peak."""
+    out = {"method": "ru_maxrss (peak RSS, whole benchmark process; children: largest DataLoader worker)",
+           "process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+           "children_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+    if device.type == "cuda":
+        out["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return out
+
+
+# --- output --------------------------------------------------------------------------------------------
+
+def device_kind(device: torch.device) -> str:
+    """File name for the results: "cpu", or the GPU's model ("h100", "a100", ...)."""
+    if device.type != "cuda":
+        return "cpu"
+    name = torch.cuda.get_device_name(device).lower()
+    return next((k for k in ("h100", "h200", "a100", "l4", "v100", "t4") if k in name), "cuda")
+
+
+def table(report) -> str:
+    lines = [f"{'loop':8} {'norm':7} {'threads':>7} {'examples/sec':>12} {'whole run':>10} {'e2e s':>7} "
+             f"{'setup s':>7} {'loss':>6} {'train':>6} {'test':>6}"]
+    for v in report["variants"]:
+        lines.append(f"{v['loop']:8} {v['norm']:7} {v['threads']:7d} {v['examples_per_sec']:12,.0f} "
+                     f"{v['examples_per_sec_whole_run']:10,.0f} {v['end_to_end_seconds']:7.1f} "
+                     f"{v['setup_seconds']:7.1f} {v['loss']:6.3f} {v['train_acc']:6.3f} {v['test_acc']:6.3f}")
+    lines.append("ratios: " + ", ".join(f"{k} {x:.2f}x" for k, x in report["ratios"].items()))
+    m = report["memory"]
+    lines.append(f"peak memory: {m['process_peak_rss_mb']:.0f} MB process RSS, {m['children_peak_rss_mb']:.0f} MB "
+                 f"largest child ({m['method']})")
+    if "reproduction" in report:
+        r = report["reproduction"]
+        lines.append(f"full reproduction (`{r['command']}`): {r['wall_seconds']:.1f} s wall, "
+                     f"peak RSS {r['peak_rss_mb']:.0f} MB")
+    return "\n".join(lines)
+
+
+def markdown(report) -> str:
+    env = report["environment"]
+    what = (f"{report['epochs']} epoch(s) per run" + (f", {report['limit_batches']} batches per epoch (QUICK MODE: "
+            "not full epochs; e2e seconds are for exactly this, nothing extrapolated)" if report["limit_batches"]
+            else ", full epochs (60,000 examples each)"))
+    lines = [f"# Benchmark: the tutorial's loop vs the project's ({env['device_name']})", "", what + ".", "",
+             "examples/sec: tutorial's definition (training steps only), median over epochs; 'whole run': all "
+             "examples over all step time (the figure the tutorial prints; includes any compile). e2e: "
+             f"process start-up ({report['startup_seconds']:.1f} s, measured once) + setup + every epoch "
+             "(steps and evaluation). Runs advance one epoch at a time in turn, in one process.", "",
+             "| loop | norm | threads | examples/sec | whole run | e2e s | loss | train acc | test acc |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for v in report["variants"]:
+        lines.append(f"| {v['loop']} | {v['norm']} | {v['threads']} | {v['examples_per_sec']:,.0f} | "
+                     f"{v['examples_per_sec_whole_run']:,.0f} | {v['end_to_end_seconds']:.1f} | {v['loss']:.3f} | "
+                     f"{v['train_acc']:.3f} | {v['test_acc']:.3f} |")
+    lines += ["", "Ratios: " + ", ".join(f"{k} **{x:.2f}x**" for k, x in report["ratios"].items()), ""]
+    m = report["memory"]
+    lines.append(f"Peak memory: {m['process_peak_rss_mb']:.0f} MB ({m['method']}); largest child "
+                 f"{m['children_peak_rss_mb']:.0f} MB.")
+    if "reproduction" in report:
+        r = report["reproduction"]
+        lines.append(f"Full reproduction, `{r['command']}` in a fresh process: **{r['wall_seconds']:.1f} s** wall, "
+                     f"peak RSS {r['peak_rss_mb']:.0f} MB.")
+    lines += ["", "## Provenance", "", f"- command: `{report['command']}`",
+              f"- device: {env['device']} ({env['device_name']}); CPU {env['cpu']}; torch threads "
+              f"{env['threads']}, CPU count {os.cpu_count()}",
+              f"- versions: Python {env['python']}, torch {env['torch']}, torchvision {env['torchvision']}",
+              f"- git commit: {env['git_commit']}; started {report['started']}; benchmark wall "
+              f"{report['wall_seconds']:.0f} s", ""]
+    return "\n".join(lines)
+
+
+def add_arguments(p) -> None:
+    """The benchmark's options (shared by ``bn-lenet benchmark`` and ``experiments/benchmark.py``)."""
+    import argparse
+    p.add_argument("--quick", action="store_true", help="a check in seconds: 2 epochs of 20 batches, no "
+                   "reproduction; writes <device-kind>-quick.json/.md")
+    p.add_argument("--epochs", type=int, help="epochs per run (default 10; --quick: 2)")
+    p.add_argument("--batches", type=int, help="batches per epoch, 0 = all (default 0; --quick: 20)")
+    p.add_argument("--norms", default="scratch,torch,none", help="comma-separated (default scratch,torch,none)")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="config override for the project's runs, e.g. --set train.compile=true (repeatable)")
+    p.add_argument("--reproduce", action=argparse.BooleanOptionalAction, default=None,
+                   help="also time experiments/reproduce.py in a fresh process (default: on, off with --quick)")
+    p.add_argument("--out", default=str(ROOT / "results" / "benchmark"), help="output folder")
+
+
+def run_from_args(args, command: str) -> int:
+    import json
+    from .errors import UserError
+    from .runs import environment
+    norms = [n.strip() for n in args.norms.split(",") if n.strip()]
+    if not norms or any(n not in CONFIGS for n in norms):
+        raise UserError(f"--norms {args.norms!r}: give a comma-separated list of {', '.join(CONFIGS)}")
+    epochs = args.epochs if args.epochs is not None else (2 if args.quick else 10)
+    batches = args.batches if args.batches is not None else (20 if args.quick else 0)
+    if epochs < 1 or batches < 0:
+        raise UserError("--epochs must be >= 1 and --batches >= 0 (0 = all)")
+    reproduce = args.reproduce if args.reproduce is not None else not args.quick
+    started, t0 = time.strftime("%Y-%m-%dT%H:%M:%S%z"), time.perf_counter()
+    report = run(norms, epochs, batches, args.device, overrides=args.overrides, reproduce=reproduce)
+    device = resolve_device(args.device)
+    report.update(command=command, started=started, wall_seconds=time.perf_counter() - t0,
+                  quick=bool(args.quick or batches), environment=environment(device))
+    print(table(report))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = device_kind(device) + ("-quick" if report["quick"] else "")
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=1) + "\n")
+    (out / f"{stem}.md").write_text(markdown(report))
+    print(f"wrote {out / stem}.json and .md")
+    return 0
