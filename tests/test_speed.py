@@ -1,0 +1,141 @@
+"""The fast path trains the same model as a plain loop; the benchmark runs and writes its report."""
+
+import json
+import os
+import resource
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bn_lenet import batchnorm, config
+from bn_lenet.data import FashionMNIST, epoch_order, num_batches, to_float
+from bn_lenet.model import lenet
+from bn_lenet.train import fit, keep_freed_memory, train_step
+
+
+@pytest.fixture
+def small(fashion_mnist):
+    """600 training images (batches of 256, 256 and a partial 88) and 1,000 test images."""
+    d = fashion_mnist
+    return FashionMNIST(d.train_images[:600], d.train_labels[:600], d.test_images[:1000], d.test_labels[:1000],
+                        d.source)
+
+
+def plain_batch_norm(X, gamma, beta, moving_mean, moving_var, eps=1e-5, momentum=0.9, training=True,
+                     unbiased=False):
+    """The textbook formula, differentiated by autograd: the reference for the hand-written backward."""
+    dims = (0,) if X.ndim == 2 else (0, 2, 3)
+    shape = (1, -1) if X.ndim == 2 else (1, -1, 1, 1)
+    if not training:
+        mean, var = moving_mean, moving_var
+        return (X - mean.view(shape)) / torch.sqrt(var.view(shape) + eps) * gamma.view(shape) + beta.view(shape)
+    var, mean = torch.var_mean(X, dim=dims, correction=0)
+    with torch.no_grad():
+        moving_mean.mul_(momentum).add_((1 - momentum) * mean)
+        moving_var.mul_(momentum).add_((1 - momentum) * var)
+    return (X - mean.view(shape)) / torch.sqrt(var.view(shape) + eps) * gamma.view(shape) + beta.view(shape)
+
+
+def plain_epoch(model, data, cfg):
+    """One epoch the plain way: same batches as fit, the formula BN, a for-loop SGD, metrics per batch."""
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.train.lr, foreach=False)
+    n, bs = data.train_labels.shape[0], cfg.train.batch_size
+    order = epoch_order(n, cfg.train.seed, 1, "cpu")
+    loss_sum, correct = 0.0, 0
+    model.train()
+    for b in range(num_batches(n, bs, cfg.train.limit_batches)):
+        idx = order[b * bs:(b + 1) * bs]
+        logits = model(to_float(data.train_images[idx]))
+        loss = F.cross_entropy(logits, data.train_labels[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        loss_sum += loss.item() * idx.shape[0]
+        correct += (logits.argmax(1) == data.train_labels[idx]).sum().item()
+    model.eval()
+    with torch.no_grad():
+        test_acc = (model(to_float(data.test_images)).argmax(1) == data.test_labels).float().mean().item()
+    return loss_sum / n, correct / n, test_acc
+
+
+@pytest.mark.parametrize("norm,compile", [("scratch", False), ("torch", False), ("scratch", True)])
+def test_fast_path_and_plain_loop_agree_on_epoch_1(small, monkeypatch, norm, compile):
+    cfg = config.resolve(None, ["train.epochs=1", f"model.norm={norm}", f"train.compile={str(compile).lower()}"])
+    if compile:  # dynamo and AOTAutograd trace our BN as fit compiles it; aot_eager skips inductor's C++ build
+        real_compile = torch.compile
+        monkeypatch.setattr(torch, "compile", lambda m: real_compile(m, backend="aot_eager"))
+    torch.manual_seed(1)
+    fast = lenet(norm)
+    [stats] = fit(fast, small, cfg)
+    monkeypatch.setattr(batchnorm, "batch_norm", plain_batch_norm)
+    torch.manual_seed(1)
+    plain = lenet(norm)
+    loss, train_acc, test_acc = plain_epoch(plain, small, cfg)
+    assert stats.loss == pytest.approx(loss, rel=1e-4)
+    assert stats.train_acc == pytest.approx(train_acc, abs=2 / 600)  # at most 2 argmax ties flip
+    assert stats.test_acc == pytest.approx(test_acc, abs=3 / 1000)
+    for a, b in zip(fast.parameters(), plain.parameters()):  # the last partial batch was trained on too
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("num_dims,shape", [(4, (16, 6, 5, 5)), (2, (32, 12))])
+def test_hand_written_backward_matches_autograd_of_the_formula_in_double(num_dims, shape):
+    x = (torch.randn(shape, dtype=torch.double) * 3 + 2).requires_grad_()
+    x2 = x.detach().clone().requires_grad_()
+    gamma = (torch.rand(shape[1], dtype=torch.double) + 0.5).requires_grad_()
+    beta = torch.randn(shape[1], dtype=torch.double).requires_grad_()
+    g2, b2 = gamma.detach().clone().requires_grad_(), beta.detach().clone().requires_grad_()
+    mm, mv = torch.zeros(shape[1], dtype=torch.double), torch.ones(shape[1], dtype=torch.double)
+    y = batchnorm.batch_norm(x, gamma, beta, mm.clone(), mv.clone())
+    y2 = plain_batch_norm(x2, g2, b2, mm.clone(), mv.clone())
+    up = torch.randn_like(y)
+    (y * up).sum().backward()
+    (y2 * up).sum().backward()
+    torch.testing.assert_close(y, y2)
+    for a, b in ((x.grad, x2.grad), (gamma.grad, g2.grad), (beta.grad, b2.grad)):
+        torch.testing.assert_close(a, b)
+
+
+def test_scratch_bn_keeps_fp32_statistics_under_bf16_autocast():
+    bn = batchnorm.BatchNorm(6, 4)
+    x = (torch.randn(32, 6, 8, 8) * 2 + 3).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = bn(x)
+    assert y.dtype == torch.bfloat16 and bn.moving_mean.dtype == bn.moving_var.dtype == torch.float32
+    var, mean = torch.var_mean(x.float(), dim=(0, 2, 3), correction=0)  # the bf16 values, statistics in fp32
+    torch.testing.assert_close(bn.moving_mean, 0.1 * mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(bn.moving_var, 0.9 + 0.1 * var, rtol=1e-5, atol=1e-6)
+
+
+def test_a_cpu_training_step_no_longer_page_faults_for_its_memory():
+    assert keep_freed_memory()  # glibc: the CI image is Debian
+    model, x, y = lenet("scratch"), torch.rand(256, 1, 28, 28), torch.randint(0, 10, (256,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    train_step(model, opt, x, y)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(5):
+        train_step(model, opt, x, y)
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5
+    assert faults < 50  # about 1,000 per step with glibc's defaults
+
+
+def test_benchmark_quick_mode_writes_a_table_and_both_files(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")  # 2 OpenMP threads on a busy 2-core runner crawl
+    proc = subprocess.run([sys.executable, "-m", "bn_lenet", "benchmark", "--quick", "--epochs", "1", "--batches",
+                           "3", "--out", str(tmp_path)], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "project/tutorial scratch" in proc.stdout and "scratch/torch project" in proc.stdout
+    report = json.loads((tmp_path / "cpu-quick.json").read_text())
+    assert report["quick"] and report["limit_batches"] == 3 and "reproduction" not in report
+    loops = {(v["loop"], v["norm"]) for v in report["variants"]}
+    assert loops == {("tutorial", "scratch"), ("tutorial", "torch"), ("project", "scratch"), ("project", "torch"),
+                     ("project", "none")}
+    for v in report["variants"]:
+        assert v["examples_per_sec"] > 0 and v["end_to_end_seconds"] > v["setup_seconds"] > 0
+        assert 0 <= v["test_acc"] <= 1
+    assert report["memory"]["process_peak_rss_mb"] > 0
+    md = (tmp_path / "cpu-quick.md").read_text()
+    assert "QUICK MODE" in md and "| tutorial | scratch |" in md and report["environment"]["cpu"] in md
