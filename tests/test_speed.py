@@ -5,6 +5,7 @@ import os
 import resource
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,8 @@ from bn_lenet import batchnorm, config
 from bn_lenet.data import FashionMNIST, epoch_order, num_batches, to_float
 from bn_lenet.model import lenet
 from bn_lenet.train import fit, keep_freed_memory, train_step
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -123,9 +126,12 @@ def test_a_cpu_training_step_no_longer_page_faults_for_its_memory():
 
 
 def test_benchmark_quick_mode_writes_a_table_and_both_files(tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1")  # 2 OpenMP threads on a busy 2-core runner crawl
+    # Run from tmp_path: the tutorial's torchvision reader prepares ./data there, not in the checkout.
+    # One OpenMP thread: two on a busy 2-core runner crawl.
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     proc = subprocess.run([sys.executable, "-m", "bn_lenet", "benchmark", "--quick", "--epochs", "1", "--batches",
-                           "3", "--out", str(tmp_path)], capture_output=True, text=True, timeout=300, env=env)
+                           "3", "--out", str(tmp_path)], capture_output=True, text=True, timeout=300, env=env,
+                          cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "project/tutorial scratch" in proc.stdout and "scratch/torch project" in proc.stdout
     report = json.loads((tmp_path / "cpu-quick.json").read_text())
