@@ -4,7 +4,8 @@ Every variant (loop x norm) is a run of ``epochs`` epochs; the runs advance one 
 (round robin), so a slow spell on a shared machine hits all of them alike. Per run it reports:
 
 - examples/sec on the tutorial's definition (training steps only, data fetching and evaluation left out):
-  the median over epochs, and the tutorial's own figure (all examples / all step time, compile included);
+  the median over epochs 2..N (epoch 1 is the warm-up: compile, caches), and the tutorial's own figure
+  (all examples / all step time, epoch 1 and any compile included);
 - end-to-end seconds: process start-up (a fresh interpreter importing torch, torchvision and bn_lenet,
   timed once and added to every run) + the run's setup (data, model) + every epoch (steps, evaluation);
 - the final loss, train accuracy and test accuracy, so the speed is seen next to what was trained.
@@ -16,6 +17,7 @@ subprocess (start-up, data, both variants, evaluation, files and plots: the 90-s
 Output: a table on stdout, ``results/benchmark/<device-kind>.json`` and ``.md`` (``-quick`` for --quick).
 """
 
+import contextlib
 import dataclasses
 import os
 import resource
@@ -103,18 +105,25 @@ def time_reproduction(overrides) -> dict:
 # --- running and summarizing ---------------------------------------------------------------------------
 
 def run(norms=("scratch", "torch", "none"), epochs=10, limit_batches=0, device="auto", seed=0, overrides=(),
-        reproduce=False, log=print) -> dict:
-    """Run every variant round robin; returns the report (see module docstring)."""
+        compiled_too=False, reproduce=False, log=print) -> dict:
+    """Run every variant round robin; returns the report (see module docstring). ``compiled_too`` adds the
+    project's loop with ``train.compile=true`` for the tutorial's two norms (loop "project+compile")."""
     device = resolve_device(device)
     base_threads = torch.get_num_threads()
+    settings = {"project": list(overrides)}
+    if compiled_too:
+        settings["project+compile"] = [*overrides, "train.compile=true"]
     runs = {}
     for norm in norms:
         if norm in TUTORIAL_NORMS:
             runs[("tutorial", norm)] = tutorial_run(norm, epochs, limit_batches, device, seed)
-        cfg = config_mod.resolve(ROOT / CONFIGS[norm], [f"train.epochs={epochs}", f"train.seed={seed}",
-                                                        f"train.limit_batches={limit_batches}",
-                                                        f"train.device={device}", *overrides])
-        runs[("project", norm)] = project_run(cfg, device)
+        for loop, extra in settings.items():
+            if loop != "project" and norm not in TUTORIAL_NORMS:
+                continue
+            cfg = config_mod.resolve(ROOT / CONFIGS[norm], [f"train.epochs={epochs}", f"train.seed={seed}",
+                                                            f"train.limit_batches={limit_batches}",
+                                                            f"train.device={device}", *extra])
+            runs[(loop, norm)] = project_run(cfg, device)
     startup = startup_seconds()
     rows = {key: {"setup_seconds": None, "epochs": []} for key in runs}
     for epoch in range(epochs + 1):  # step 0 is the setup
@@ -125,7 +134,7 @@ def run(norms=("scratch", "torch", "none"), epochs=10, limit_batches=0, device="
                 rows[key]["setup_seconds"] = out
             else:
                 rows[key]["epochs"].append(out)
-                log(f"  epoch {epoch}/{epochs} {key[0]:8} {key[1]:7} "
+                log(f"  epoch {epoch}/{epochs} {key[0]:15} {key[1]:7} "
                     f"{out['examples'] / out['step_seconds']:9,.0f} examples/sec  {out['seconds']:6.1f} s")
     variants = [summarize(loop, norm, r, startup) for (loop, norm), r in rows.items()]
     report = {"epochs": epochs, "limit_batches": limit_batches, "startup_seconds": startup,
@@ -141,7 +150,8 @@ def summarize(loop, norm, r, startup) -> dict:
     per_epoch = [e["examples"] / e["step_seconds"] for e in eps]
     last = eps[-1]
     return {"loop": loop, "norm": norm, "threads": last["threads"],
-            "examples_per_sec": statistics.median(per_epoch),
+            # epoch 1 warms up (compile, DataLoader, allocator, caches): the median is over the rest
+            "examples_per_sec": statistics.median(per_epoch[1:] or per_epoch),
             "examples_per_sec_whole_run": sum(e["examples"] for e in eps) / sum(e["step_seconds"] for e in eps),
             "examples_per_sec_per_epoch": per_epoch,
             "setup_seconds": r["setup_seconds"], "epoch_seconds": [e["seconds"] for e in eps],
@@ -151,11 +161,13 @@ def summarize(loop, norm, r, startup) -> dict:
 
 def ratios(variants) -> dict:
     rate = {(v["loop"], v["norm"]): v["examples_per_sec"] for v in variants}
+    loops = list(dict.fromkeys(v["loop"] for v in variants))
     out = {}
-    for norm in TUTORIAL_NORMS:
-        if ("project", norm) in rate and ("tutorial", norm) in rate:
-            out[f"project/tutorial {norm}"] = rate[("project", norm)] / rate[("tutorial", norm)]
-    for loop in ("project", "tutorial"):
+    for loop in loops:
+        for norm in TUTORIAL_NORMS:
+            if loop != "tutorial" and (loop, norm) in rate and ("tutorial", norm) in rate:
+                out[f"{loop}/tutorial {norm}"] = rate[(loop, norm)] / rate[("tutorial", norm)]
+    for loop in loops:
         if (loop, "scratch") in rate and (loop, "torch") in rate:
             out[f"scratch/torch {loop}"] = rate[(loop, "scratch")] / rate[(loop, "torch")]
     return out
@@ -183,10 +195,10 @@ def device_kind(device: torch.device) -> str:
 
 
 def table(report) -> str:
-    lines = [f"{'loop':8} {'norm':7} {'threads':>7} {'examples/sec':>12} {'whole run':>10} {'e2e s':>7} "
+    lines = [f"{'loop':15} {'norm':7} {'threads':>7} {'examples/sec':>12} {'whole run':>10} {'e2e s':>7} "
              f"{'setup s':>7} {'loss':>6} {'train':>6} {'test':>6}"]
     for v in report["variants"]:
-        lines.append(f"{v['loop']:8} {v['norm']:7} {v['threads']:7d} {v['examples_per_sec']:12,.0f} "
+        lines.append(f"{v['loop']:15} {v['norm']:7} {v['threads']:7d} {v['examples_per_sec']:12,.0f} "
                      f"{v['examples_per_sec_whole_run']:10,.0f} {v['end_to_end_seconds']:7.1f} "
                      f"{v['setup_seconds']:7.1f} {v['loss']:6.3f} {v['train_acc']:6.3f} {v['test_acc']:6.3f}")
     lines.append("ratios: " + ", ".join(f"{k} {x:.2f}x" for k, x in report["ratios"].items()))
@@ -206,10 +218,15 @@ def markdown(report) -> str:
             "not full epochs; e2e seconds are for exactly this, nothing extrapolated)" if report["limit_batches"]
             else ", full epochs (60,000 examples each)"))
     lines = [f"# Benchmark: the tutorial's loop vs the project's ({env['device_name']})", "", what + ".", "",
-             "examples/sec: tutorial's definition (training steps only), median over epochs; 'whole run': all "
-             "examples over all step time (the figure the tutorial prints; includes any compile). e2e: "
+             "examples/sec: tutorial's definition (training steps only), median over epochs 2..N (epoch 1 is the "
+             "warm-up); 'whole run': all examples over all step time (the figure the tutorial prints; includes "
+             "epoch 1 and any compile). e2e: "
              f"process start-up ({report['startup_seconds']:.1f} s, measured once) + setup + every epoch "
-             "(steps and evaluation). Runs advance one epoch at a time in turn, in one process.", "",
+             "(steps and evaluation). Runs advance one epoch at a time in turn, in one process. "
+             "'project+compile': train.compile=true, compile time in its first epoch and e2e, "
+             + ("compiled cold (fresh inductor cache, as a first run)." if report["cold_compile"]
+                else "with the usual inductor cache (warm if compiled before)."),
+             f"Project settings: {', '.join(report['overrides']) or 'the configs as shipped'}.", "",
              "| loop | norm | threads | examples/sec | whole run | e2e s | loss | train acc | test acc |",
              "|---|---|---|---|---|---|---|---|---|"]
     for v in report["variants"]:
@@ -233,6 +250,25 @@ def markdown(report) -> str:
     return "\n".join(lines)
 
 
+@contextlib.contextmanager
+def cold_inductor_cache(cold: bool):
+    """A fresh, empty inductor cache while the benchmark runs (inductor reads the variable lazily, and the
+    reproduction's subprocess inherits it), so compile times are those of a first run."""
+    if not cold:
+        yield
+        return
+    saved = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    with tempfile.TemporaryDirectory(prefix="inductor-cold-") as fresh:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = fresh
+        try:
+            yield
+        finally:
+            if saved is None:
+                del os.environ["TORCHINDUCTOR_CACHE_DIR"]
+            else:
+                os.environ["TORCHINDUCTOR_CACHE_DIR"] = saved
+
+
 def add_arguments(p) -> None:
     """The benchmark's options (shared by ``bn-lenet benchmark`` and ``experiments/benchmark.py``)."""
     import argparse
@@ -244,6 +280,13 @@ def add_arguments(p) -> None:
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="config override for the project's runs, e.g. --set train.compile=true (repeatable)")
+    p.add_argument("--compiled", action=argparse.BooleanOptionalAction, default=None,
+                   help="also run the project's loop with train.compile=true for scratch and torch (default: on, "
+                   "off with --quick)")
+    p.add_argument("--cold-compile", action=argparse.BooleanOptionalAction, default=True,
+                   help="compile into a fresh, empty inductor cache, as a first run on a new machine does "
+                   "(default: on); --no-cold-compile uses the usual cache, as later runs do")
+    p.add_argument("--tag", default="", help="suffix for the output files, e.g. bf16 -> cpu-bf16.json")
     p.add_argument("--reproduce", action=argparse.BooleanOptionalAction, default=None,
                    help="also time experiments/reproduce.py in a fresh process (default: on, off with --quick)")
     p.add_argument("--out", default=str(ROOT / "results" / "benchmark"), help="output folder")
@@ -261,15 +304,19 @@ def run_from_args(args, command: str) -> int:
     if epochs < 1 or batches < 0:
         raise UserError("--epochs must be >= 1 and --batches >= 0 (0 = all)")
     reproduce = args.reproduce if args.reproduce is not None else not args.quick
+    compiled_too = args.compiled if args.compiled is not None else not args.quick
     started, t0 = time.strftime("%Y-%m-%dT%H:%M:%S%z"), time.perf_counter()
-    report = run(norms, epochs, batches, args.device, overrides=args.overrides, reproduce=reproduce)
+    with cold_inductor_cache(args.cold_compile):
+        report = run(norms, epochs, batches, args.device, overrides=args.overrides, compiled_too=compiled_too,
+                     reproduce=reproduce)
     device = resolve_device(args.device)
     report.update(command=command, started=started, wall_seconds=time.perf_counter() - t0,
-                  quick=bool(args.quick or batches), environment=environment(device))
+                  quick=bool(args.quick or batches), cold_compile=args.cold_compile, overrides=args.overrides,
+                  environment=environment(device))
     print(table(report))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = device_kind(device) + ("-quick" if report["quick"] else "")
+    stem = device_kind(device) + (f"-{args.tag}" if args.tag else "") + ("-quick" if report["quick"] else "")
     (out / f"{stem}.json").write_text(json.dumps(report, indent=1) + "\n")
     (out / f"{stem}.md").write_text(markdown(report))
     print(f"wrote {out / stem}.json and .md")
