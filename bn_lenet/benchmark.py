@@ -14,13 +14,13 @@ Then the ratios project/tutorial and scratch/built-in, peak memory, device, CPU 
 Optionally (``--reproduce``) it also times the real reproduction, ``experiments/reproduce.py``, in a
 subprocess (start-up, data, both variants, evaluation, files and plots: the 90-second target).
 
-Output: a table on stdout, ``results/benchmark/<device-kind>.json`` and ``.md`` (``-quick`` for --quick).
+Output (benchmark_report.py): a table on stdout, ``results/benchmark/<device-kind>.json`` and ``.md``
+(``-quick`` for --quick).
 """
 
 import contextlib
 import dataclasses
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -85,37 +85,64 @@ def startup_seconds() -> float:
 
 
 def time_reproduction(overrides) -> dict:
-    """Wall time and peak memory of the real reproduction (both variants, 10 epochs) in a fresh process."""
-    with tempfile.TemporaryDirectory() as out:
+    """Wall time and peak RSS of the real reproduction (both variants, 10 epochs) in a fresh process."""
+    with tempfile.TemporaryDirectory() as out, tempfile.TemporaryFile("w+") as log:
         cmd = [sys.executable, "experiments/reproduce.py", "--quiet", "--out", out]
         for o in overrides:
             cmd += ["--set", o]
         t = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        output = proc.stdout.read()
-        _, status, usage = os.wait4(proc.pid, 0)
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
+        peak = 0.0
+        while proc.poll() is None:  # its high-water mark, read until it exits (ru_maxrss of a child
+            peak = max(peak, peak_rss_mb(proc.pid))  # would include this big parent's, inherited at fork)
+            time.sleep(0.2)
         wall = time.perf_counter() - t
-    if status != 0:
-        raise RuntimeError(f"reproduction failed (status {status}):\n{output[-2000:]}")
-    return {"command": " ".join(cmd[1:3] + ["--quiet"] + [f"--set {o}" for o in overrides]),
-            "wall_seconds": wall, "peak_rss_mb": usage.ru_maxrss / 1024,
-            "last_lines": [line for line in output.splitlines() if line.startswith("  loss")]}
+        log.seek(0)
+        output = log.read()
+    if proc.returncode != 0:
+        raise RuntimeError(f"reproduction failed (exit {proc.returncode}):\n{output[-2000:]}")
+    return {"command": " ".join(cmd[1:3] + [f"--set {o}" for o in overrides]), "wall_seconds": wall,
+            "peak_rss_mb": peak, "last_lines": [line.strip() for line in output.splitlines()
+                                                if line.startswith("  loss")]}
+
+
+def peak_rss_mb(pid="self") -> float:
+    """Linux: the process's peak resident set (VmHWM) since start or the last reset_peak_rss()."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    return 0.0
+
+
+def reset_peak_rss() -> None:
+    """Linux: restart this process's VmHWM from its current RSS (``5`` to clear_refs), so the next read
+    is the peak of what ran since."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
 
 
 # --- running and summarizing ---------------------------------------------------------------------------
 
 def run(norms=("scratch", "torch", "none"), epochs=10, limit_batches=0, device="auto", seed=0, overrides=(),
-        compiled_too=False, reproduce=False, log=print) -> dict:
-    """Run every variant round robin; returns the report (see module docstring). ``compiled_too`` adds the
-    project's loop with ``train.compile=true`` for the tutorial's two norms (loop "project+compile")."""
+        compiled_too=False, bf16_too=False, tutorial_too=True, reproduce=False, log=print) -> dict:
+    """Run every variant round robin; returns the report (see module docstring). For the tutorial's two
+    norms, ``compiled_too`` adds the project's loop with ``train.compile=true`` ("project+compile") and
+    ``bf16_too`` the same loops under bf16 autocast ("...+bf16")."""
     device = resolve_device(device)
     base_threads = torch.get_num_threads()
     settings = {"project": list(overrides)}
     if compiled_too:
         settings["project+compile"] = [*overrides, "train.compile=true"]
+    if bf16_too:
+        settings.update({f"{loop}+bf16": [*extra, "train.precision=bf16"] for loop, extra in settings.items()})
     runs = {}
     for norm in norms:
-        if norm in TUTORIAL_NORMS:
+        if tutorial_too and norm in TUTORIAL_NORMS:
             runs[("tutorial", norm)] = tutorial_run(norm, epochs, limit_batches, device, seed)
         for loop, extra in settings.items():
             if loop != "project" and norm not in TUTORIAL_NORMS:
@@ -125,20 +152,30 @@ def run(norms=("scratch", "torch", "none"), epochs=10, limit_batches=0, device="
                                                             f"train.device={device}", *extra])
             runs[(loop, norm)] = project_run(cfg, device)
     startup = startup_seconds()
-    rows = {key: {"setup_seconds": None, "epochs": []} for key in runs}
+    rows = {key: {"setup_seconds": None, "epochs": [], "peak_rss_mb": 0.0} for key in runs}
+    reset_peak_rss()
+    baseline_rss = peak_rss_mb()
     for epoch in range(epochs + 1):  # step 0 is the setup
         for key, gen in runs.items():
             torch.set_num_threads(base_threads)  # each loop applies its own thread setting, if any
+            reset_peak_rss()
             out = next(gen)
+            rows[key]["peak_rss_mb"] = max(rows[key]["peak_rss_mb"], peak_rss_mb())
             if epoch == 0:
                 rows[key]["setup_seconds"] = out
             else:
                 rows[key]["epochs"].append(out)
-                log(f"  epoch {epoch}/{epochs} {key[0]:15} {key[1]:7} "
+                log(f"  epoch {epoch}/{epochs} {key[0]:20} {key[1]:7} "
                     f"{out['examples'] / out['step_seconds']:9,.0f} examples/sec  {out['seconds']:6.1f} s")
     variants = [summarize(loop, norm, r, startup) for (loop, norm), r in rows.items()]
     report = {"epochs": epochs, "limit_batches": limit_batches, "startup_seconds": startup,
-              "variants": variants, "ratios": ratios(variants), "memory": memory(device)}
+              "variants": variants, "ratios": ratios(variants),
+              "memory": {"method": "peak RSS (Linux VmHWM, reset before each epoch of each run) of the whole "
+                                   "benchmark process while that run advanced: it includes what every run holds "
+                                   "(torch, datasets, models)",
+                         "rss_before_runs_mb": baseline_rss}}
+    if device.type == "cuda":
+        report["memory"]["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     if reproduce:
         log("  timing the full reproduction (experiments/reproduce.py) in a fresh process ...")
         report["reproduction"] = time_reproduction(list(overrides))
@@ -155,6 +192,7 @@ def summarize(loop, norm, r, startup) -> dict:
             "examples_per_sec_whole_run": sum(e["examples"] for e in eps) / sum(e["step_seconds"] for e in eps),
             "examples_per_sec_per_epoch": per_epoch,
             "setup_seconds": r["setup_seconds"], "epoch_seconds": [e["seconds"] for e in eps],
+            "peak_rss_mb": r["peak_rss_mb"],
             "end_to_end_seconds": startup + r["setup_seconds"] + sum(e["seconds"] for e in eps),
             "loss": last["loss"], "train_acc": last["train_acc"], "test_acc": last["test_acc"]}
 
@@ -173,82 +211,7 @@ def ratios(variants) -> dict:
     return out
 
 
-def memory(device) -> dict:
-    """Peak memory. CPU: ru_maxrss (peak resident set) of this process, all variants together, and of the
-    largest finished child (the tutorial's DataLoader workers). CUDA: the allocator's peak."""
-    out = {"method": "ru_maxrss (peak RSS, whole benchmark process; children: largest DataLoader worker)",
-           "process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-           "children_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
-    if device.type == "cuda":
-        out["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-    return out
-
-
-# --- output --------------------------------------------------------------------------------------------
-
-def device_kind(device: torch.device) -> str:
-    """File name for the results: "cpu", or the GPU's model ("h100", "a100", ...)."""
-    if device.type != "cuda":
-        return "cpu"
-    name = torch.cuda.get_device_name(device).lower()
-    return next((k for k in ("h100", "h200", "a100", "l4", "v100", "t4") if k in name), "cuda")
-
-
-def table(report) -> str:
-    lines = [f"{'loop':15} {'norm':7} {'threads':>7} {'examples/sec':>12} {'whole run':>10} {'e2e s':>7} "
-             f"{'setup s':>7} {'loss':>6} {'train':>6} {'test':>6}"]
-    for v in report["variants"]:
-        lines.append(f"{v['loop']:15} {v['norm']:7} {v['threads']:7d} {v['examples_per_sec']:12,.0f} "
-                     f"{v['examples_per_sec_whole_run']:10,.0f} {v['end_to_end_seconds']:7.1f} "
-                     f"{v['setup_seconds']:7.1f} {v['loss']:6.3f} {v['train_acc']:6.3f} {v['test_acc']:6.3f}")
-    lines.append("ratios: " + ", ".join(f"{k} {x:.2f}x" for k, x in report["ratios"].items()))
-    m = report["memory"]
-    lines.append(f"peak memory: {m['process_peak_rss_mb']:.0f} MB process RSS, {m['children_peak_rss_mb']:.0f} MB "
-                 f"largest child ({m['method']})")
-    if "reproduction" in report:
-        r = report["reproduction"]
-        lines.append(f"full reproduction (`{r['command']}`): {r['wall_seconds']:.1f} s wall, "
-                     f"peak RSS {r['peak_rss_mb']:.0f} MB")
-    return "\n".join(lines)
-
-
-def markdown(report) -> str:
-    env = report["environment"]
-    what = (f"{report['epochs']} epoch(s) per run" + (f", {report['limit_batches']} batches per epoch (QUICK MODE: "
-            "not full epochs; e2e seconds are for exactly this, nothing extrapolated)" if report["limit_batches"]
-            else ", full epochs (60,000 examples each)"))
-    lines = [f"# Benchmark: the tutorial's loop vs the project's ({env['device_name']})", "", what + ".", "",
-             "examples/sec: tutorial's definition (training steps only), median over epochs 2..N (epoch 1 is the "
-             "warm-up); 'whole run': all examples over all step time (the figure the tutorial prints; includes "
-             "epoch 1 and any compile). e2e: "
-             f"process start-up ({report['startup_seconds']:.1f} s, measured once) + setup + every epoch "
-             "(steps and evaluation). Runs advance one epoch at a time in turn, in one process. "
-             "'project+compile': train.compile=true, compile time in its first epoch and e2e, "
-             + ("compiled cold (fresh inductor cache, as a first run)." if report["cold_compile"]
-                else "with the usual inductor cache (warm if compiled before)."),
-             f"Project settings: {', '.join(report['overrides']) or 'the configs as shipped'}.", "",
-             "| loop | norm | threads | examples/sec | whole run | e2e s | loss | train acc | test acc |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for v in report["variants"]:
-        lines.append(f"| {v['loop']} | {v['norm']} | {v['threads']} | {v['examples_per_sec']:,.0f} | "
-                     f"{v['examples_per_sec_whole_run']:,.0f} | {v['end_to_end_seconds']:.1f} | {v['loss']:.3f} | "
-                     f"{v['train_acc']:.3f} | {v['test_acc']:.3f} |")
-    lines += ["", "Ratios: " + ", ".join(f"{k} **{x:.2f}x**" for k, x in report["ratios"].items()), ""]
-    m = report["memory"]
-    lines.append(f"Peak memory: {m['process_peak_rss_mb']:.0f} MB ({m['method']}); largest child "
-                 f"{m['children_peak_rss_mb']:.0f} MB.")
-    if "reproduction" in report:
-        r = report["reproduction"]
-        lines.append(f"Full reproduction, `{r['command']}` in a fresh process: **{r['wall_seconds']:.1f} s** wall, "
-                     f"peak RSS {r['peak_rss_mb']:.0f} MB.")
-    lines += ["", "## Provenance", "", f"- command: `{report['command']}`",
-              f"- device: {env['device']} ({env['device_name']}); CPU {env['cpu']}; torch threads "
-              f"{env['threads']}, CPU count {os.cpu_count()}",
-              f"- versions: Python {env['python']}, torch {env['torch']}, torchvision {env['torchvision']}",
-              f"- git commit: {env['git_commit']}; started {report['started']}; benchmark wall "
-              f"{report['wall_seconds']:.0f} s", ""]
-    return "\n".join(lines)
-
+# --- command line -------------------------------------------------------------------------------------
 
 @contextlib.contextmanager
 def cold_inductor_cache(cold: bool):
@@ -283,6 +246,11 @@ def add_arguments(p) -> None:
     p.add_argument("--compiled", action=argparse.BooleanOptionalAction, default=None,
                    help="also run the project's loop with train.compile=true for scratch and torch (default: on, "
                    "off with --quick)")
+    p.add_argument("--bf16", action="store_true",
+                   help="also run the project's loops under bf16 autocast (train.precision=bf16), for speed and "
+                   "accuracy next to fp32")
+    p.add_argument("--tutorial", action=argparse.BooleanOptionalAction, default=True,
+                   help="run the tutorial's loop too (default: on)")
     p.add_argument("--cold-compile", action=argparse.BooleanOptionalAction, default=True,
                    help="compile into a fresh, empty inductor cache, as a first run on a new machine does "
                    "(default: on); --no-cold-compile uses the usual cache, as later runs do")
@@ -293,7 +261,7 @@ def add_arguments(p) -> None:
 
 
 def run_from_args(args, command: str) -> int:
-    import json
+    from . import benchmark_report
     from .errors import UserError
     from .runs import environment
     norms = [n.strip() for n in args.norms.split(",") if n.strip()]
@@ -305,19 +273,18 @@ def run_from_args(args, command: str) -> int:
         raise UserError("--epochs must be >= 1 and --batches >= 0 (0 = all)")
     reproduce = args.reproduce if args.reproduce is not None else not args.quick
     compiled_too = args.compiled if args.compiled is not None else not args.quick
-    started, t0 = time.strftime("%Y-%m-%dT%H:%M:%S%z"), time.perf_counter()
+    started, t0, load_before = time.strftime("%Y-%m-%dT%H:%M:%S%z"), time.perf_counter(), os.getloadavg()
     with cold_inductor_cache(args.cold_compile):
         report = run(norms, epochs, batches, args.device, overrides=args.overrides, compiled_too=compiled_too,
-                     reproduce=reproduce)
+                     bf16_too=args.bf16, tutorial_too=args.tutorial, reproduce=reproduce)
     device = resolve_device(args.device)
     report.update(command=command, started=started, wall_seconds=time.perf_counter() - t0,
                   quick=bool(args.quick or batches), cold_compile=args.cold_compile, overrides=args.overrides,
+                  load_average={"before": load_before, "after": os.getloadavg()},
                   environment=environment(device))
-    print(table(report))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = device_kind(device) + (f"-{args.tag}" if args.tag else "") + ("-quick" if report["quick"] else "")
-    (out / f"{stem}.json").write_text(json.dumps(report, indent=1) + "\n")
-    (out / f"{stem}.md").write_text(markdown(report))
-    print(f"wrote {out / stem}.json and .md")
+    print(benchmark_report.table(report))
+    stem = benchmark_report.device_kind(device) + (f"-{args.tag}" if args.tag else "") + \
+        ("-quick" if report["quick"] else "")
+    paths = benchmark_report.write(report, Path(args.out), stem)
+    print(f"wrote {' and '.join(str(p) for p in paths)}")
     return 0
