@@ -24,5 +24,9 @@ reproduce: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
+# The tutorial's loop against the project's, in one process: results/benchmark/<device>.json and .md (~6 min).
+benchmark: setup
+	$(BIN)/python -m bn_lenet benchmark
+
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

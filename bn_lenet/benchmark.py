@@ -126,10 +126,38 @@ def reset_peak_rss() -> None:
         pass
 
 
+def profile_step(cfg, device, steps=20, top=12) -> list:
+    """torch.profiler over ``steps`` training steps of the project's loop (after a warm-up, which compiles
+    when train.compile is set): the ops with the most self time, as [{op, self_ms_per_step, percent}]."""
+    from torch.profiler import ProfilerActivity, profile
+    from .train import train_step
+    data = data_mod.load_dataset(cfg.data.root or None).to(device)
+    torch.manual_seed(cfg.train.seed)
+    model = lenet(cfg.model.norm).to(device)
+    optimizer = make_optimizer(model, cfg.train.lr)
+    step_model = torch.compile(model) if cfg.train.compile else model
+    bs = cfg.train.batch_size
+
+    def run(k):
+        for b in range(k):
+            train_step(step_model, optimizer, data_mod.to_float(data.train_images[b * bs:(b + 1) * bs]),
+                       data.train_labels[b * bs:(b + 1) * bs], cfg.train.precision)
+        sync(device)
+    run(3)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        run(steps)
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events)
+    events.sort(key=lambda e: -e.self_cpu_time_total)
+    return [{"op": e.key, "self_ms_per_step": e.self_cpu_time_total / 1000 / steps,
+             "percent": 100 * e.self_cpu_time_total / total} for e in events[:top]]
+
+
 # --- running and summarizing ---------------------------------------------------------------------------
 
 def run(norms=("scratch", "torch", "none"), epochs=10, limit_batches=0, device="auto", seed=0, overrides=(),
-        compiled_too=False, bf16_too=False, tutorial_too=True, reproduce=False, log=print) -> dict:
+        compiled_too=False, bf16_too=False, tutorial_too=True, profile=False, reproduce=False, log=print) -> dict:
     """Run every variant round robin; returns the report (see module docstring). For the tutorial's two
     norms, ``compiled_too`` adds the project's loop with ``train.compile=true`` ("project+compile") and
     ``bf16_too`` the same loops under bf16 autocast ("...+bf16")."""
@@ -140,7 +168,7 @@ def run(norms=("scratch", "torch", "none"), epochs=10, limit_batches=0, device="
         settings["project+compile"] = [*overrides, "train.compile=true"]
     if bf16_too:
         settings.update({f"{loop}+bf16": [*extra, "train.precision=bf16"] for loop, extra in settings.items()})
-    runs = {}
+    runs, run_configs = {}, {}
     for norm in norms:
         if tutorial_too and norm in TUTORIAL_NORMS:
             runs[("tutorial", norm)] = tutorial_run(norm, epochs, limit_batches, device, seed)
@@ -150,7 +178,7 @@ def run(norms=("scratch", "torch", "none"), epochs=10, limit_batches=0, device="
             cfg = config_mod.resolve(ROOT / CONFIGS[norm], [f"train.epochs={epochs}", f"train.seed={seed}",
                                                             f"train.limit_batches={limit_batches}",
                                                             f"train.device={device}", *extra])
-            runs[(loop, norm)] = project_run(cfg, device)
+            runs[(loop, norm)], run_configs[(loop, norm)] = project_run(cfg, device), cfg
     startup = startup_seconds()
     rows = {key: {"setup_seconds": None, "epochs": [], "peak_rss_mb": 0.0} for key in runs}
     reset_peak_rss()
@@ -176,6 +204,10 @@ def run(norms=("scratch", "torch", "none"), epochs=10, limit_batches=0, device="
                          "rss_before_runs_mb": baseline_rss}}
     if device.type == "cuda":
         report["memory"]["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    if profile:
+        log("  profiling the project's step ...")
+        report["profiles"] = {f"{loop} {norm}": profile_step(run_configs[(loop, norm)], device)
+                              for loop, norm in run_configs if norm in TUTORIAL_NORMS}
     if reproduce:
         log("  timing the full reproduction (experiments/reproduce.py) in a fresh process ...")
         report["reproduction"] = time_reproduction(list(overrides))
@@ -249,6 +281,9 @@ def add_arguments(p) -> None:
     p.add_argument("--bf16", action="store_true",
                    help="also run the project's loops under bf16 autocast (train.precision=bf16), for speed and "
                    "accuracy next to fp32")
+    p.add_argument("--profile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.profiler's top ops of the project's step, per norm and setting (default: on, off "
+                   "with --quick)")
     p.add_argument("--tutorial", action=argparse.BooleanOptionalAction, default=True,
                    help="run the tutorial's loop too (default: on)")
     p.add_argument("--cold-compile", action=argparse.BooleanOptionalAction, default=True,
@@ -276,7 +311,8 @@ def run_from_args(args, command: str) -> int:
     started, t0, load_before = time.strftime("%Y-%m-%dT%H:%M:%S%z"), time.perf_counter(), os.getloadavg()
     with cold_inductor_cache(args.cold_compile):
         report = run(norms, epochs, batches, args.device, overrides=args.overrides, compiled_too=compiled_too,
-                     bf16_too=args.bf16, tutorial_too=args.tutorial, reproduce=reproduce)
+                     bf16_too=args.bf16, tutorial_too=args.tutorial,
+                     profile=args.profile if args.profile is not None else not args.quick, reproduce=reproduce)
     device = resolve_device(args.device)
     report.update(command=command, started=started, wall_seconds=time.perf_counter() - t0,
                   quick=bool(args.quick or batches), cold_compile=args.cold_compile, overrides=args.overrides,

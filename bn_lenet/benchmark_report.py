@@ -28,7 +28,7 @@ def table(report) -> str:
     lines = [" ".join(f"{h:{'<' if i < 2 else '>'}{w}}" for i, (h, w, _) in enumerate(COLUMNS))]
     for v in report["variants"]:
         lines.append(" ".join(f"{f.format(**v):{'<' if i < 2 else '>'}{w}}" for i, (_, w, f) in enumerate(COLUMNS)))
-    lines.append("ratios: " + ", ".join(f"{k} {x:.2f}x" for k, x in report["ratios"].items()))
+    lines.append("ratios: " + (", ".join(f"{k} {x:.2f}x" for k, x in report["ratios"].items()) or "none"))
     if "reproduction" in report:
         r = report["reproduction"]
         lines.append(f"full reproduction (`{r['command']}`): {r['wall_seconds']:.1f} s wall, "
@@ -64,6 +64,10 @@ def markdown(report) -> str:
         lines.append(f"Full reproduction, `{r['command']}` in a fresh process: **{r['wall_seconds']:.1f} s** wall "
                      f"(start-up, data, both variants, evaluation, run files, plots), peak RSS "
                      f"{r['peak_rss_mb']:.0f} MB. Its results: " + "; ".join(r["last_lines"]) + ".")
+    for name, ops in report.get("profiles", {}).items():
+        lines += ["", f"Profile, {name} (torch.profiler, self time per training step):", "",
+                  "| op | ms/step | % |", "|---|---|---|"]
+        lines += [f"| {o['op'][:70]} | {o['self_ms_per_step']:.2f} | {o['percent']:.0f} |" for o in ops]
     lines += ["", "## Provenance", "", f"- command: `{report['command']}`",
               f"- device: {env['device']} ({env['device_name']}); CPU {env['cpu']}; torch threads "
               f"{env['threads']}, CPU count {os.cpu_count()}",
