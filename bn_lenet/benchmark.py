@@ -21,6 +21,7 @@ Output (benchmark_report.py): a table on stdout, ``results/benchmark/<device-kin
 import contextlib
 import dataclasses
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -106,8 +107,8 @@ def time_reproduction(overrides) -> dict:
                                                 if line.startswith("  loss")]}
 
 
-def peak_rss_mb(pid="self") -> float:
-    """Linux: the process's peak resident set (VmHWM) since start or the last reset_peak_rss()."""
+def peak_rss_mb(pid) -> float:
+    """Linux: the process's peak resident set (VmHWM), 0 where /proc is missing."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
@@ -115,15 +116,6 @@ def peak_rss_mb(pid="self") -> float:
     except (OSError, ValueError):
         pass
     return 0.0
-
-
-def reset_peak_rss() -> None:
-    """Linux: restart this process's VmHWM from its current RSS (``5`` to clear_refs), so the next read
-    is the peak of what ran since."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
 
 
 def profile_step(cfg, device, steps=20, top=12) -> list:
@@ -157,7 +149,8 @@ def profile_step(cfg, device, steps=20, top=12) -> list:
 # --- running and summarizing ---------------------------------------------------------------------------
 
 def run(norms=("scratch", "torch", "none"), epochs=10, limit_batches=0, device="auto", seed=0, overrides=(),
-        compiled_too=False, bf16_too=False, tutorial_too=True, profile=False, reproduce=False, log=print) -> dict:
+        tutorial_epochs=None, compiled_too=False, bf16_too=False, tutorial_too=True, profile=False, reproduce=False,
+        log=print) -> dict:
     """Run every variant round robin; returns the report (see module docstring). For the tutorial's two
     norms, ``compiled_too`` adds the project's loop with ``train.compile=true`` ("project+compile") and
     ``bf16_too`` the same loops under bf16 autocast ("...+bf16")."""
@@ -171,7 +164,7 @@ def run(norms=("scratch", "torch", "none"), epochs=10, limit_batches=0, device="
     runs, run_configs = {}, {}
     for norm in norms:
         if tutorial_too and norm in TUTORIAL_NORMS:
-            runs[("tutorial", norm)] = tutorial_run(norm, epochs, limit_batches, device, seed)
+            runs[("tutorial", norm)] = tutorial_run(norm, tutorial_epochs or epochs, limit_batches, device, seed)
         for loop, extra in settings.items():
             if loop != "project" and norm not in TUTORIAL_NORMS:
                 continue
@@ -180,28 +173,25 @@ def run(norms=("scratch", "torch", "none"), epochs=10, limit_batches=0, device="
                                                             f"train.device={device}", *extra])
             runs[(loop, norm)], run_configs[(loop, norm)] = project_run(cfg, device), cfg
     startup = startup_seconds()
-    rows = {key: {"setup_seconds": None, "epochs": [], "peak_rss_mb": 0.0} for key in runs}
-    reset_peak_rss()
-    baseline_rss = peak_rss_mb()
-    for epoch in range(epochs + 1):  # step 0 is the setup
+    rows = {key: {"setup_seconds": None, "epochs": []} for key in runs}
+    for epoch in range(max(epochs, tutorial_epochs or 0) + 1):  # step 0 is the setup
         for key, gen in runs.items():
             torch.set_num_threads(base_threads)  # each loop applies its own thread setting, if any
-            reset_peak_rss()
-            out = next(gen)
-            rows[key]["peak_rss_mb"] = max(rows[key]["peak_rss_mb"], peak_rss_mb())
+            out = next(gen, None)
+            if out is None:  # this run has done its epochs
+                continue
             if epoch == 0:
                 rows[key]["setup_seconds"] = out
             else:
                 rows[key]["epochs"].append(out)
-                log(f"  epoch {epoch}/{epochs} {key[0]:20} {key[1]:7} "
+                log(f"  epoch {epoch} {key[0]:20} {key[1]:7} "
                     f"{out['examples'] / out['step_seconds']:9,.0f} examples/sec  {out['seconds']:6.1f} s")
     variants = [summarize(loop, norm, r, startup) for (loop, norm), r in rows.items()]
     report = {"epochs": epochs, "limit_batches": limit_batches, "startup_seconds": startup,
               "variants": variants, "ratios": ratios(variants),
-              "memory": {"method": "peak RSS (Linux VmHWM, reset before each epoch of each run) of the whole "
-                                   "benchmark process while that run advanced: it includes what every run holds "
-                                   "(torch, datasets, models)",
-                         "rss_before_runs_mb": baseline_rss}}
+              "memory": {"method": "peak RSS (ru_maxrss) of the whole benchmark process, every run together: "
+                                   "runs sharing one process cannot be told apart by RSS (freed memory is kept)",
+                         "benchmark_process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}
     if device.type == "cuda":
         report["memory"]["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     if profile:
@@ -224,7 +214,7 @@ def summarize(loop, norm, r, startup) -> dict:
             "examples_per_sec_whole_run": sum(e["examples"] for e in eps) / sum(e["step_seconds"] for e in eps),
             "examples_per_sec_per_epoch": per_epoch,
             "setup_seconds": r["setup_seconds"], "epoch_seconds": [e["seconds"] for e in eps],
-            "peak_rss_mb": r["peak_rss_mb"],
+            "epochs": len(eps),
             "end_to_end_seconds": startup + r["setup_seconds"] + sum(e["seconds"] for e in eps),
             "loss": last["loss"], "train_acc": last["train_acc"], "test_acc": last["test_acc"]}
 
@@ -270,6 +260,8 @@ def add_arguments(p) -> None:
     p.add_argument("--quick", action="store_true", help="a check in seconds: 2 epochs of 20 batches, no "
                    "reproduction; writes <device-kind>-quick.json/.md")
     p.add_argument("--epochs", type=int, help="epochs per run (default 10; --quick: 2)")
+    p.add_argument("--tutorial-epochs", type=int, help="epochs of the tutorial's runs (default 3, the slowest "
+                   "rows: 1 warm-up + 2 measured; --quick: as --epochs)")
     p.add_argument("--batches", type=int, help="batches per epoch, 0 = all (default 0; --quick: 20)")
     p.add_argument("--norms", default="scratch,torch,none", help="comma-separated (default scratch,torch,none)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda")
@@ -304,20 +296,23 @@ def run_from_args(args, command: str) -> int:
         raise UserError(f"--norms {args.norms!r}: give a comma-separated list of {', '.join(CONFIGS)}")
     epochs = args.epochs if args.epochs is not None else (2 if args.quick else 10)
     batches = args.batches if args.batches is not None else (20 if args.quick else 0)
-    if epochs < 1 or batches < 0:
-        raise UserError("--epochs must be >= 1 and --batches >= 0 (0 = all)")
+    tutorial_epochs = args.tutorial_epochs if args.tutorial_epochs is not None else (epochs if args.quick else 3)
+    if epochs < 1 or tutorial_epochs < 1 or batches < 0:
+        raise UserError("--epochs and --tutorial-epochs must be >= 1, --batches >= 0 (0 = all)")
     reproduce = args.reproduce if args.reproduce is not None else not args.quick
     compiled_too = args.compiled if args.compiled is not None else not args.quick
+    device = resolve_device(args.device)
+    env = environment(device)  # before the runs: the code that runs is the code this names
     started, t0, load_before = time.strftime("%Y-%m-%dT%H:%M:%S%z"), time.perf_counter(), os.getloadavg()
     with cold_inductor_cache(args.cold_compile):
-        report = run(norms, epochs, batches, args.device, overrides=args.overrides, compiled_too=compiled_too,
+        report = run(norms, epochs, batches, args.device, overrides=args.overrides,
+                     tutorial_epochs=tutorial_epochs, compiled_too=compiled_too,
                      bf16_too=args.bf16, tutorial_too=args.tutorial,
                      profile=args.profile if args.profile is not None else not args.quick, reproduce=reproduce)
-    device = resolve_device(args.device)
     report.update(command=command, started=started, wall_seconds=time.perf_counter() - t0,
                   quick=bool(args.quick or batches), cold_compile=args.cold_compile, overrides=args.overrides,
                   load_average={"before": load_before, "after": os.getloadavg()},
-                  environment=environment(device))
+                  environment=env)
     print(benchmark_report.table(report))
     stem = benchmark_report.device_kind(device) + (f"-{args.tag}" if args.tag else "") + \
         ("-quick" if report["quick"] else "")

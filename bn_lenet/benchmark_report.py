@@ -16,10 +16,10 @@ def device_kind(device: torch.device) -> str:
 
 
 COLUMNS = [  # (header, width, format of the value in each variant)
-    ("loop", 20, "{loop}"), ("norm", 7, "{norm}"), ("threads", 7, "{threads}"),
+    ("loop", 20, "{loop}"), ("norm", 7, "{norm}"), ("epochs", 6, "{epochs}"), ("threads", 7, "{threads}"),
     ("examples/sec", 12, "{examples_per_sec:,.0f}"), ("whole run", 10, "{examples_per_sec_whole_run:,.0f}"),
     ("e2e s", 7, "{end_to_end_seconds:.1f}"), ("setup s", 7, "{setup_seconds:.1f}"),
-    ("peak MB", 7, "{peak_rss_mb:.0f}"), ("loss", 6, "{loss:.3f}"), ("train", 6, "{train_acc:.3f}"),
+    ("loss", 6, "{loss:.3f}"), ("train", 6, "{train_acc:.3f}"),
     ("test", 6, "{test_acc:.3f}"),
 ]
 
@@ -42,14 +42,15 @@ def fmt_load(load) -> str:
 
 def markdown(report) -> str:
     env, m = report["environment"], report["memory"]
-    what = (f"{report['epochs']} epoch(s) per run" + (f", {report['limit_batches']} batches per epoch (QUICK MODE: "
+    what = (f"{report['epochs']} epoch(s) per project run, as the 'epochs' column says for the tutorial's" + (f", {report['limit_batches']} batches per epoch (QUICK MODE: "
             "not full epochs; e2e seconds are for exactly this, nothing extrapolated)" if report["limit_batches"]
             else ", full epochs (60,000 examples each)"))
     lines = [f"# Benchmark: the tutorial's loop vs the project's ({env['device_name']})", "", what + ".", "",
              "examples/sec: tutorial's definition (training steps only), median over epochs 2..N (epoch 1 is the "
              "warm-up); 'whole run': all examples over all step time (the figure the tutorial prints; includes "
              f"epoch 1 and any compile). e2e: process start-up ({report['startup_seconds']:.1f} s, measured once) "
-             "+ setup + every epoch (steps and evaluation). Runs advance one epoch at a time in turn, in one "
+             "+ setup + every epoch (steps and evaluation), for the epochs the row ran. Runs advance one epoch at "
+             "a time in turn, in one "
              "process. 'project+compile': train.compile=true, compile time in its first epoch and e2e, "
              + ("compiled cold (fresh inductor cache, as a first run)." if report["cold_compile"]
                 else "with the usual inductor cache (warm if compiled before)."),
@@ -58,7 +59,7 @@ def markdown(report) -> str:
     for v in report["variants"]:
         lines.append("| " + " | ".join(f.format(**v) for _, _, f in COLUMNS) + " |")
     lines += ["", "Ratios: " + ", ".join(f"{k} **{x:.2f}x**" for k, x in report["ratios"].items()), "",
-              f"Peak MB: {m['method']}; before the runs the process held {m['rss_before_runs_mb']:.0f} MB."]
+              f"Memory: {m['benchmark_process_peak_rss_mb']:.0f} MB, {m['method']}."]
     if "reproduction" in report:
         r = report["reproduction"]
         lines.append(f"Full reproduction, `{r['command']}` in a fresh process: **{r['wall_seconds']:.1f} s** wall "

@@ -142,6 +142,7 @@ def test_benchmark_quick_mode_writes_a_table_and_both_files(tmp_path):
     for v in report["variants"]:
         assert v["examples_per_sec"] > 0 and v["end_to_end_seconds"] > v["setup_seconds"] > 0
         assert 0 <= v["test_acc"] <= 1
-        assert v["peak_rss_mb"] >= report["memory"]["rss_before_runs_mb"] > 100  # torch alone is more
+        assert v["epochs"] == 1
+    assert report["memory"]["benchmark_process_peak_rss_mb"] > 100  # torch alone takes more
     md = (tmp_path / "cpu-quick.md").read_text()
     assert "QUICK MODE" in md and "| tutorial | scratch |" in md and report["environment"]["cpu"] in md
