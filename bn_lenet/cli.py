@@ -4,6 +4,7 @@ User errors print one ``error: ...`` line and exit 2, without a traceback (``--d
 """
 
 import argparse
+import json
 import statistics
 import sys
 from pathlib import Path
@@ -43,19 +44,22 @@ def cmd_run(args) -> int:
     if bool(args.config) == bool(args.resume):
         raise UserError("give either a CONFIG to start a run or --resume RUN_DIR to continue one (not both)")
     progress = not args.quiet and sys.stderr.isatty()
+    to_stderr = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     if args.resume:
         if args.overrides or args.out or args.device or args.data_dir:
             raise UserError("--resume continues a run with its saved config: drop --set/--out/--device/--data-dir")
         cfg, _ = runs.resume_config(args.resume)
-        meta = runs.train_run(cfg, out=args.resume, progress=progress, resume=True)
+        meta = runs.train_run(cfg, out=args.resume, progress=progress, resume=True, log_error=to_stderr)
     else:
         overrides = list(args.overrides)
+        # Quoted as TOML strings, so a path such as "2024" or "true" stays a path.
         if args.device:
-            overrides.append(f"train.device={args.device}")
+            overrides.append(f"train.device={json.dumps(args.device)}")
         if args.data_dir:
-            overrides.append(f"data.root={args.data_dir}")
+            overrides.append(f"data.root={json.dumps(args.data_dir)}")
         cfg = config.resolve(args.config, overrides)
-        meta = runs.train_run(cfg, out=args.out, name=Path(args.config).stem, progress=progress)
+        meta = runs.train_run(cfg, out=args.out, name=Path(args.config).stem, progress=progress,
+                              log_error=to_stderr)
     for line in runs.summary_lines(meta["run_dir"]):
         print(line)
     print(f"run directory: {meta['run_dir']} ({meta['status']})")
@@ -129,8 +133,10 @@ def run_main(fn, *args, debug=False) -> int:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_main(COMMANDS[args.command], args, debug=args.debug)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # accepted anywhere on the line, not only before the command
+    args = build_parser().parse_args([a for a in argv if a != "--debug"])
+    return run_main(COMMANDS[args.command], args, debug=debug)
 
 
 if __name__ == "__main__":

@@ -120,12 +120,15 @@ def load(path) -> Config:
         text = path.read_text()
     except FileNotFoundError:
         raise ConfigError(f"config file {path} not found (the shipped configs are in configs/)") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read config file {path}: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}; give a readable TOML file "
+                          f"(the shipped configs are in configs/)") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a text file; give a TOML config such as configs/scratch_bn.toml") from None
     try:
         d = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path} is not valid TOML: {e}") from None
+        raise ConfigError(f"{path} is not valid TOML: {e}; fix the file (see configs/ for examples)") from None
     return from_dict(d, where=str(path))
 
 
