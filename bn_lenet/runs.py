@@ -42,8 +42,8 @@ RUNS_DIR = Path("results/runs")
 # For tests/test_resume.py only: BN_LENET_TEST_SIGNAL="SIGKILL@checkpoint:2" makes this process send itself
 # that signal when it reaches that point, so the tests can kill a real run at exact moments (mid-epoch,
 # mid-write, ...). Points: batch:N (before the N-th training batch of this process), checkpoint:E (epoch E's
-# checkpoint saved, nothing else yet), meta:E (epoch E's files written except meta.json),
-# half-written:FILE (FILE's temporary copy half written). Unset, as in normal use, it does nothing.
+# checkpoint saved, nothing else yet), half-written:FILE (FILE's temporary copy half written, at its first
+# write in this process). Unset, as in normal use, it does nothing.
 
 def _test_signal(point: str) -> None:
     spec = os.environ.get("BN_LENET_TEST_SIGNAL")
@@ -149,16 +149,22 @@ def environment(device: torch.device) -> dict:
 
 # --- run directories ---------------------------------------------------------------------------------
 
+def check_out(out) -> None:
+    """Refuse an --out that is a file, or a folder holding anything: a run directory is never overwritten."""
+    path = Path(out)
+    if path.is_file():
+        raise UserError(f"--out {path} is a file; give a directory path for the run")
+    if path.is_dir() and any(path.iterdir()):
+        hint = (f"continue it with `bn-lenet run --resume {path}`" if (path / "config.toml").exists()
+                else "choose another --out")
+        raise UserError(f"--out {path} already exists and is not empty; it is never overwritten: {hint}")
+
+
 def new_run_dir(out, name: str) -> Path:
     """Create the run directory; never reuse one that holds anything."""
     if out:
+        check_out(out)
         path = Path(out)
-        if path.is_file():
-            raise UserError(f"--out {path} is a file; give a directory path for the run")
-        if path.is_dir() and any(path.iterdir()):
-            hint = (f"continue it with `bn-lenet run --resume {path}`" if (path / "checkpoint.pt").exists()
-                    else "choose another --out")
-            raise UserError(f"--out {path} already exists and is not empty; it is never overwritten: {hint}")
     else:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         path, k = RUNS_DIR / f"{name}-{stamp}", 2
@@ -259,7 +265,9 @@ def train_run(cfg, out=None, name="run", data=None, progress=False, log=print, r
 
 
 def _train_run(cfg, out, name, data, progress, log, resume, log_error, stop_requested) -> dict:
-    # User errors (no GPU, no data, a bad --out) are found before anything is written.
+    # User errors (a bad --out, no GPU, no data) are found before anything is written.
+    if out and not resume:
+        check_out(out)
     _set_threads(cfg)
     device = resolve_device(cfg.train.device)
     data = (data or data_mod.load_dataset(cfg.data.root or None)).to(device)
@@ -309,7 +317,6 @@ def _train_run(cfg, out, name, data, progress, log, resume, log_error, stop_requ
         _test_signal(f"checkpoint:{stats.epoch}")
         write_epoch_files(run_dir, history, bn_history)
         meta["epochs_done"] = stats.epoch
-        _test_signal(f"meta:{stats.epoch}")
         write_json(run_dir / "meta.json", meta)
         if not progress:
             log(format_epoch(stats))

@@ -18,6 +18,7 @@ import torch
 
 from bn_lenet import data as data_mod
 from bn_lenet.cli import main
+from bn_lenet.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "scratch_bn.toml")
@@ -268,7 +269,6 @@ def test_as_a_process_one_message_and_no_traceback(args, code, fragment):
     assert proc.stdout == ""
 
 
-def test_debug_shows_the_traceback(tmp_path):
-    proc = bn_lenet("run", "configs/scratch_bn.toml", "--set", "train.epochs=0", "--debug")
-    assert proc.returncode != 0
-    assert "Traceback" in proc.stderr and "ConfigError: train.epochs = 0 is out of range" in proc.stderr
+def test_debug_anywhere_on_the_line_lets_the_error_through_with_its_traceback():
+    with pytest.raises(ConfigError, match="train.epochs = 0 is out of range"):
+        main(["run", CONFIG, "--set", "train.epochs=0", "--debug"])
