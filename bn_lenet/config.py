@@ -110,7 +110,10 @@ def from_dict(d: dict, where: str = "config") -> Config:
             if key not in known:
                 raise ConfigError(f"{where}: unknown key {section}.{key}; known keys in [{section}]: "
                                   f"{', '.join(known)}")
-            setattr(target, key, _check_type(f"{section}.{key}", value, known[key]))
+            try:
+                setattr(target, key, _check_type(f"{section}.{key}", value, known[key]))
+            except ConfigError as e:
+                raise ConfigError(f"{where}: {e}") from None
     return cfg
 
 

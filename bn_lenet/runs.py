@@ -14,14 +14,8 @@ rewritten from it, so they never hold a partial or duplicated row. A run killed 
 checkpoint resumes from the start.
 """
 
-import csv
-import io
 import itertools
-import json
-import os
-import platform
 import signal
-import subprocess
 import sys
 import time
 from contextlib import contextmanager
@@ -32,119 +26,13 @@ import torch
 from . import config as config_mod
 from . import data as data_mod
 from .errors import UserError
+from .files import (signal_for_tests, load_checkpoint, read_json, read_metrics, save_checkpoint, write_atomic,
+                    write_json, write_metrics)
 from .model import bn_params, lenet
-from .train import Diverged, EpochStats, Interrupted, device_name, fit, make_optimizer, resolve_device
+from .provenance import cpu_model, environment, git_commit  # noqa: F401  (train.device_name uses runs.cpu_model)
+from .train import Diverged, EpochStats, Interrupted, fit, make_optimizer, resolve_device
 
 RUNS_DIR = Path("results/runs")
-
-
-# --- test hook ---------------------------------------------------------------------------------------------
-# For tests/test_resume.py only: BN_LENET_TEST_SIGNAL="SIGKILL@checkpoint:2" makes this process send itself
-# that signal when it reaches that point, so the tests can kill a real run at exact moments (mid-epoch,
-# mid-write, ...). Points: batch:N (before the N-th training batch of this process), checkpoint:E (epoch E's
-# checkpoint saved, nothing else yet), half-written:FILE (FILE's temporary copy half written, at its first
-# write in this process). Unset, as in normal use, it does nothing.
-
-def _test_signal(point: str) -> None:
-    spec = os.environ.get("BN_LENET_TEST_SIGNAL")
-    if spec:
-        name, _, at = spec.partition("@")
-        if at == point:
-            os.kill(os.getpid(), getattr(signal, name))
-
-
-# --- small atomic writers ----------------------------------------------------------------------------------
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        half = len(text) // 2
-        f.write(text[:half])
-        f.flush()
-        _test_signal(f"half-written:{path.name}")  # a kill here leaves a half-written .tmp, never a half `path`
-        f.write(text[half:])
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, obj) -> None:
-    write_atomic(path, json.dumps(obj, indent=1) + "\n")
-
-
-def read_json(path: Path):
-    try:
-        return json.loads(Path(path).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is not valid JSON ({e}): this run directory is damaged") from None
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: Path) -> dict:
-    try:  # weights_only: a checkpoint holds tensors, numbers and strings, never code to run
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # any damage (truncated zip, bad pickle) reads as "unreadable"
-        raise UserError(f"{path} is unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                        f"the run cannot be resumed from it: start a new run") from None
-
-
-def write_metrics(run_dir: Path, rows: list) -> None:
-    write_atomic(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-    columns = list(EpochStats.__dataclass_fields__)
-    columns = [c for c in columns if any(c in r for r in rows)] or columns
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_atomic(run_dir / "metrics.csv", buf.getvalue())
-
-
-def read_metrics(run_dir) -> list:
-    path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-
-
-# --- provenance ------------------------------------------------------------------------------------------
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def git_commit() -> str:
-    try:
-        here = Path(__file__).resolve().parent
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=5)
-        if commit.returncode != 0:
-            return "unknown"
-        return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def environment(device: torch.device) -> dict:
-    # torchvision's version from its install record: importing it costs ~2 s per run and it is not used.
-    from importlib.metadata import version
-    return {
-        "device": str(device), "device_name": device_name(device), "cpu": cpu_model(),
-        "threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__,
-        "torchvision": version("torchvision"), "platform": platform.platform(), "git_commit": git_commit(),
-    }
 
 
 # --- run directories ---------------------------------------------------------------------------------
@@ -314,7 +202,7 @@ def _train_run(cfg, out, name, data, progress, log, resume, log_error, stop_requ
         save_checkpoint(run_dir / "checkpoint.pt", {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": stats.epoch,
             "config": config_mod.to_dict(cfg), "rng": rng_states(), "history": history, "bn_history": bn_history})
-        _test_signal(f"checkpoint:{stats.epoch}")
+        signal_for_tests(f"checkpoint:{stats.epoch}")
         write_epoch_files(run_dir, history, bn_history)
         meta["epochs_done"] = stats.epoch
         write_json(run_dir / "meta.json", meta)
@@ -324,7 +212,7 @@ def _train_run(cfg, out, name, data, progress, log, resume, log_error, stop_requ
     batches = itertools.count(1)
 
     def should_stop():
-        _test_signal(f"batch:{next(batches)}")
+        signal_for_tests(f"batch:{next(batches)}")
         return stop_requested()
 
     try:

@@ -19,6 +19,7 @@ import torch
 from bn_lenet import data as data_mod
 from bn_lenet.cli import main
 from bn_lenet.errors import ConfigError
+from test_data import idx_bytes, replace as put  # pytest puts tests/ on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "scratch_bn.toml")
@@ -68,10 +69,6 @@ def world_tmp():
 
 # --- data -----------------------------------------------------------------------------------------------
 
-def idx_bytes(magic, dims, body):
-    return magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in dims) + body
-
-
 @pytest.fixture
 def data_dir(world_tmp):
     """The four real files (links); a case replaces the training images, which are read first."""
@@ -80,14 +77,6 @@ def data_dir(world_tmp):
     for path in data_mod.find_files().values():
         (folder / path.name).symlink_to(path.resolve())
     return folder
-
-
-def put(folder, name, content: bytes, gz=True):
-    for p in folder.glob(name + "*"):
-        p.unlink()
-    target = folder / (name + (".gz" if gz else ""))
-    target.write_bytes(gzip.compress(content) if gz else content)
-    return target
 
 
 IMAGES, LABELS = "train-images-idx3-ubyte", "t10k-labels-idx1-ubyte"
@@ -169,6 +158,16 @@ def test_bad_config_files(case, tmp_path, capsys):
     assert not out.exists()
 
 
+def test_unreadable_config_file(world_tmp, capsys):
+    """chmod 000; as root (which reads anything) the check runs as user nobody."""
+    path = world_tmp / "c.toml"
+    path.write_text("[train]\nlr = 1.0\n")
+    path.chmod(0)
+    with as_unprivileged_user():
+        code, err = run_cli(["run", str(path), "--out", str(world_tmp / "run")], capsys)
+    assert_one_clear_error(code, err, "cannot read config file", "Permission denied", "give a readable TOML file")
+
+
 @pytest.mark.parametrize("overrides,fragments", [
     (["train.lr"], ["bad --set 'train.lr': write it as section.key=value"]),
     (["lr=0.1"], ["bad --set 'lr=0.1'"]),
@@ -202,6 +201,16 @@ def test_run_needs_a_config_or_a_run_to_resume(capsys):
 
 
 # --- run directories and devices -------------------------------------------------------------------------
+
+def test_out_at_an_existing_run_points_to_resume_and_changes_nothing(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.toml").write_text("[train]\nlr = 1.0\n")
+    code, err = run_cli(["run", CONFIG, "--out", str(run)], capsys)
+    assert_one_clear_error(code, err, "already exists and is not empty; it is never overwritten",
+                           f"continue it with `bn-lenet run --resume {run}`")
+    assert [p.name for p in run.iterdir()] == ["config.toml"]
+
 
 def test_out_at_a_file(tmp_path, capsys):
     (tmp_path / "f").write_text("mine")
@@ -237,6 +246,12 @@ def test_device_cuda_without_a_gpu(tmp_path, capsys):
 def test_inspect_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert_one_clear_error(*run_cli(["inspect", str(tmp_path)], capsys),
                            "is not a run directory with BN parameters", "give a folder written by `bn-lenet run`")
+
+
+def test_inspect_a_damaged_run(tmp_path, capsys):
+    (tmp_path / "bn_params.json").write_text('{"conv1.bn": {"gamma": [1.0,')
+    assert_one_clear_error(*run_cli(["inspect", str(tmp_path)], capsys), "bn_params.json is not valid JSON",
+                           "this run directory is damaged")
 
 
 def test_resume_a_folder_that_is_not_a_run(tmp_path, capsys):

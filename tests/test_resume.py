@@ -2,8 +2,8 @@
 
 Runs are short: 3 epochs of 3 batches of 64, evaluated on the first 500 test images (evaluation would
 dominate otherwise), and no figures except in the child processes. Exact moments to stop a run come from the
-test hook in bn_lenet/runs.py (BN_LENET_TEST_SIGNAL="SIG@point": the run sends itself SIG there) or from this
-process signalling a child when a file it watches changes.
+test hook in bn_lenet/files.py (BN_LENET_TEST_SIGNAL="SIG@point": the run sends itself SIG there); for one kill
+the child stops itself (SIGSTOP) and this process sends the SIGKILL.
 """
 
 import csv
@@ -167,21 +167,18 @@ def start(args, test_signal=None):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def resumed_count(run_dir: Path) -> int:
-    try:
-        return len(runs.read_json(run_dir / "meta.json").get("resumed", []))
-    except (FileNotFoundError, runs.UserError):
-        return 0
+def stopped(proc) -> bool:
+    """The child has stopped itself (SIGSTOP from the test hook) and waits for what we send it."""
+    return Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
 
 
-def watch(proc, run_dir: Path, stop_when=None, sig=signal.SIGKILL):
-    """Wait for the child, checking the metrics files all the while; send it ``sig`` once stop_when()."""
+def watch(proc, run_dir: Path, kill_when_stopped=False):
+    """Wait for the child, checking the metrics files all the while; SIGKILL it once it has stopped itself."""
     checks, deadline = 0, time.monotonic() + 300
     while proc.poll() is None and time.monotonic() < deadline:
         checks += check_metrics_files(run_dir)
-        if stop_when is not None and stop_when():
-            proc.send_signal(sig)
-            stop_when = None
+        if kill_when_stopped and stopped(proc):
+            proc.kill()
         time.sleep(0.005)
     _, err = proc.communicate(timeout=60)
     check_metrics_files(run_dir)
@@ -190,30 +187,29 @@ def watch(proc, run_dir: Path, stop_when=None, sig=signal.SIGKILL):
 
 def test_a_run_killed_at_any_moment_resumes_to_the_same_result(straight, tmp_path):
     run = tmp_path / "run"
-    reference = straight("scratch")
     new, again = [str(CONFIG), "--out", str(run)] + [a for s in QUICK for a in ("--set", s)], ["--resume", str(run)]
-    steps = [  # (command, test hook, when this process stops it, the signal, exit code, what it leaves)
-        (new, "SIGKILL@half-written:metrics.jsonl", None, None, -9, "epoch 1 saved, metrics.jsonl half written"),
-        (again, None, lambda: resumed_count(run) == 1, signal.SIGTERM, 130, "SIGTERM from outside, in epoch 2"),
-        (again, None, lambda: resumed_count(run) == 2, signal.SIGKILL, -9, "SIGKILL from outside, in epoch 2"),
-        (again, "SIGKILL@checkpoint:3", None, None, -9, "the last checkpoint saved, its metrics not"),
-        (again, None, None, None, 0, "finishes: nothing left to train"),
+    steps = [  # (command, test hook, exit code, where it stops) for a run of 3 epochs of 3 batches
+        (new, "SIGKILL@half-written:metrics.jsonl", -9, "epoch 1's checkpoint saved, metrics.jsonl half written"),
+        (again, "SIGTERM@batch:2", 130, "a clean stop in epoch 2, before its second batch"),
+        (again, "SIGSTOP@batch:5", -9, "stopped in epoch 3 (epoch 2 saved), then SIGKILL from this process"),
+        (again, "SIGKILL@checkpoint:3", -9, "epoch 3's checkpoint saved, its metrics not"),
+        (again, None, 0, "finishes: nothing left to train"),
     ]
     checks = 0
-    for args, hook, stop_when, sig, code, what in steps:
-        returncode, err, n = watch(start(args, hook), run, stop_when, sig)
+    for args, hook, code, where in steps:
+        returncode, err, n = watch(start(args, hook), run, kill_when_stopped=str(hook).startswith("SIGSTOP"))
         checks += n
-        assert returncode == code, f"{what}: exit {returncode}, stderr {err}"
+        assert returncode == code, f"{where}: exit {returncode}, stderr {err}"
         assert "Traceback" not in err
         if code == 130:
-            assert f"interrupted during epoch 2; kept the 1 finished epoch(s) in {run}" in err
+            assert err == (f"interrupted during epoch 2; kept the 1 finished epoch(s) in {run}. "
+                           f"Continue with: bn-lenet run --resume {run}\n")
     meta = runs.read_json(run / "meta.json")
-    assert meta["status"] == "finished" and len(meta["resumed"]) == len(steps) - 1  # each resume recorded
-    assert meta["threads"] == runs.read_json(reference / "meta.json")["threads"] == 1
+    assert meta["status"] == "finished" and [r["at_epoch"] for r in meta["resumed"]] == [1, 1, 2, 3]
+    assert meta["threads"] == runs.read_json(straight("scratch") / "meta.json")["threads"] == 1
     assert not list(run.glob("*.tmp"))
-    assert_identical(run, reference)
-    print(f"{len(steps) - 1} stops, {checks} metrics snapshots checked, resumed at epochs "
-          f"{[r['at_epoch'] for r in meta['resumed']]}")
+    assert_identical(run, straight("scratch"))
+    print(f"{len(steps) - 1} stops, {checks} snapshots of the metrics files checked")
 
 
 # --- divergence ------------------------------------------------------------------------------------------
