@@ -18,7 +18,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    run = sub.add_parser("run", help="train one run from a TOML config")
+    run = sub.add_parser("run", help="train one run from a TOML config",
+                         epilog="exit status: 0 finished, 1 diverged, 2 a user error (one `error:` line), 130 "
+                                "interrupted by Ctrl-C/SIGTERM after saving (continue with --resume RUN_DIR)")
     run.add_argument("config", nargs="?", help="a TOML config, e.g. configs/scratch_bn.toml")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                      help="override a config value, e.g. --set train.lr=0.5 (repeatable)")
