@@ -31,6 +31,20 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("runs", nargs="+", metavar="RUN_DIR", help="one or two run directories")
     inspect.add_argument("--values", action="store_true", help="also print every channel's value")
 
+    compare = sub.add_parser("compare", help="seed study: scratch vs nn.BatchNorm vs no BN over N seeds, with "
+                             "precise BN; writes a report")
+    compare.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 per variant (default: 5)")
+    compare.add_argument("--variants", default="scratch,torch,none",
+                         help="comma-separated norms (default: scratch,torch,none)")
+    compare.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                         help="override a setting for every run, e.g. --set train.threads=1 (repeatable)")
+    compare.add_argument("--out", default="results/compare", help="report and collected runs (default: "
+                         "results/compare)")
+    compare.add_argument("--runs-dir", default="results/runs", help="full run directories, reused when found "
+                         "(default: results/runs)")
+    compare.add_argument("--report-only", action="store_true", help="only rewrite the report from OUT's "
+                         "collected runs")
+
     data = sub.add_parser("data", help="find and check Fashion-MNIST; with --get, obtain it")
     data.add_argument("--data-dir", help="folder with the four IDX files (default: search)")
     data.add_argument("--get", action="store_true",
@@ -100,6 +114,15 @@ def format_bn_table(params: list, labels: list, values: bool = False) -> str:
     return "\n".join(lines)
 
 
+def cmd_compare(args) -> int:
+    from . import study
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    command = "bn-lenet " + " ".join(sys.argv[1:]) if Path(sys.argv[0]).name != "compare.py" else \
+        "python experiments/compare.py " + " ".join(sys.argv[1:])
+    return study.compare(args.out, args.seeds, variants, args.overrides, args.runs_dir,
+                         report_only=args.report_only, command=command)
+
+
 def cmd_data(args) -> int:
     from . import data
     ds = data.get_dataset(args.data_dir) if args.get else data.load_dataset(args.data_dir)
@@ -108,7 +131,7 @@ def cmd_data(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "inspect": cmd_inspect, "data": cmd_data}
+COMMANDS = {"run": cmd_run, "inspect": cmd_inspect, "compare": cmd_compare, "data": cmd_data}
 
 
 def run_main(fn, *args, debug=False) -> int:
