@@ -53,7 +53,7 @@ def ensure_run(cfg, run_dir: Path, data, log=print) -> dict:
 
 def run_study(variants, seeds, overrides, runs_dir, out, data, log=print) -> bool:
     """Run (or reuse) every variant x seed and copy its small files into out/runs/. False if interrupted."""
-    for variant, seed in itertools.product(variants, seeds):
+    for seed, variant in itertools.product(seeds, variants):  # seed by seed: interleaved under the same load
         cfg = study_config(variant, seed, overrides)
         run_dir = Path(runs_dir) / f"compare-{variant}-seed{seed}"
         log(f"== {variant}, seed {seed}: {run_dir}")
