@@ -4,6 +4,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def _save(fig, path) -> None:
@@ -70,6 +71,7 @@ def band_curves(curves: dict, path, title: str = "") -> None:
                             color=COLORS[variant], alpha=0.25, lw=0)
         ax.set_title(label + " (band: min..max over seeds)", fontsize=9)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
@@ -92,6 +94,7 @@ def swings(curves: dict, path, title: str = "") -> None:
                     label="re-estimated (precise BN)" if i == 0 else None)
         ax.set_title(f"{LABELS[variant]}: test acc per epoch, one line per seed", fontsize=9)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
@@ -147,20 +150,26 @@ def bn_over_seeds(params: dict, path, title: str = "") -> None:
 
 
 def bn_evolution(histories: dict, path, title: str = "") -> None:
-    """Gamma and beta over epochs from bn_history.json: per run ({label: (variant, history)}) the mean over
-    channels (line) and the min..max over channels (band)."""
-    first = next(iter(histories.values()))[1][0]["params"]
+    """Gamma and beta over epochs from bn_history.json, {variant: {seed: history}}: per run the mean over
+    channels (scratch solid, built-in dashed, so runs that coincide stay visible); for each variant's first
+    seed also the min..max over channels (band)."""
+    first = next(iter(next(iter(histories.values())).values()))[0]["params"]
     fig, axes = _layer_grid(list(first))
-    for label, (variant, history) in histories.items():
-        epochs = [h["epoch"] for h in history]
-        for col, name in enumerate(first):
-            for row, key in enumerate(("gamma", "beta")):
-                values = [h["params"][name][key] for h in history]
-                ax = axes[row][col]
-                ax.plot(epochs, [sum(v) / len(v) for v in values], color=COLORS[variant], label=label)
-                ax.fill_between(epochs, [min(v) for v in values], [max(v) for v in values], color=COLORS[variant],
-                                alpha=0.15, lw=0)
-                ax.set_xlabel("epoch", fontsize=8)
+    for variant, by_seed in histories.items():
+        for k, (seed, history) in enumerate(by_seed.items()):
+            epochs = [h["epoch"] for h in history]
+            for col, name in enumerate(first):
+                for row, key in enumerate(("gamma", "beta")):
+                    values = [h["params"][name][key] for h in history]
+                    ax = axes[row][col]
+                    ax.plot(epochs, [sum(v) / len(v) for v in values], "--" if variant == "torch" else "-",
+                            color=COLORS[variant], lw=1.6 if k == 0 else 0.8, alpha=1 if k == 0 else 0.6,
+                            label=f"{LABELS[variant]}, seed {seed}" if k == 0 else None)
+                    if k == 0:
+                        ax.fill_between(epochs, [min(v) for v in values], [max(v) for v in values],
+                                        color=COLORS[variant], alpha=0.12, lw=0)
+                    ax.set_xlabel("epoch", fontsize=8)
+                    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0][0].legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     _save(fig, path)

@@ -210,11 +210,11 @@ def gamma_beta_section(study, out: Path) -> list:
         lines += same_seed_gap(study, seed)
     plots.bn_over_seeds(bn, out / "bn_over_seeds.png", title="gamma/beta per channel after the last epoch, "
                         "one box per run (s = scratch, t = nn.BatchNorm; seed)")
-    histories = {f"{LABELS[v]}, seed {r['seed']}": (v, r["bn_history"]) for v in bn for r in finished(study[v])[:1]}
-    plots.bn_evolution(histories, out / "bn_evolution.png", title="gamma/beta over epochs: mean over channels "
-                       "(line), min..max over channels (band)")
+    histories = {v: {r["seed"]: r["bn_history"] for r in finished(study[v])} for v in bn}
+    plots.bn_evolution(histories, out / "bn_evolution.png", title="gamma/beta over epochs: mean over channels, one "
+                       "line per run (bold: first seed, with its min..max over channels as a band)")
     lines += ["Over seeds: one box per run.", "", "![over seeds](bn_over_seeds.png)", "",
-              "Over epochs (from each run's bn_history.json):", "", "![over epochs](bn_evolution.png)", "",
+              "Over epochs (from each run's bn_history.json; scratch solid, nn.BatchNorm dashed):", "", "![over epochs](bn_evolution.png)", "",
               "Per layer, over channels and over all finished seeds pooled: mean, std, min, max.", "",
               "| layer | param | " + " | ".join(f"{LABELS[v]} mean | std | min | max" for v in bn) + " |",
               "|---|---|" + "---|---|---|---|" * len(bn)]
