@@ -59,17 +59,20 @@ def band_curves(curves: dict, path, title: str = "") -> None:
     """Train loss, train acc and test acc against epoch: per variant the mean over seeds and a min..max band.
 
     ``curves`` is {variant: [rows of one run, ...]} (finished runs only, all with the same epochs)."""
-    keys = [("loss", "train loss"), ("train_acc", "train acc"), ("test_acc", "test acc (moving statistics)")]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    keys = [("loss", "train loss"), ("train_acc", "train acc"), ("test_acc", "test acc, moving statistics"),
+            ("test_acc_precise", "test acc, re-estimated statistics")]
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.8), sharey=False)
     for ax, (key, label) in zip(axes, keys):
         for variant, runs in curves.items():
+            if any(key not in r for rows in runs for r in rows):
+                continue  # no BN: no re-estimated statistics
             epochs = [r["epoch"] for r in runs[0]]
             per_epoch = list(zip(*[[r[key] for r in rows] for rows in runs]))
             mean = [sum(v) / len(v) for v in per_epoch]
             ax.plot(epochs, mean, color=COLORS[variant], label=f"{LABELS[variant]} (mean of {len(runs)})")
             ax.fill_between(epochs, [min(v) for v in per_epoch], [max(v) for v in per_epoch],
                             color=COLORS[variant], alpha=0.25, lw=0)
-        ax.set_title(label + " (band: min..max over seeds)", fontsize=9)
+        ax.set_title(label + "\n(band: min..max over seeds)", fontsize=9)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)

@@ -48,8 +48,10 @@ def write_report(study: dict, out, provenance: dict) -> Path:
              "every epoch in eval mode with the moving statistics, and for the BN variants also with the "
              "statistics re-estimated over the whole training set with the weights fixed (\"precise BN\", "
              "`eval.precise_bn`).", ""]
-    lines += headline(study, bn_variants) + final_table(study) + ["## Learning curves", "",
-                                                                   "![learning curves](curves.png)", ""]
+    lines += headline(study, bn_variants) + final_table(study) + [
+        "## Learning curves", "", "![learning curves](curves.png)", "",
+        "Line: mean over seeds; band: min..max over seeds. Where scratch and nn.BatchNorm coincide, the later "
+        "drawn (nn.BatchNorm) hides the other.", ""]
     lines += beyond_noise(study) + swing_section(study, bn_variants, curves) + published_section(study)
     lines += gamma_beta_section(study, out) + equivalence_section() + provenance_section(study, provenance)
     path = out / "report.md"
@@ -135,6 +137,11 @@ def same_seed_pairs(study) -> list:
         d = lambda k, i: abs(a["rows"][i][k] - b["rows"][i][k])  # noqa: E731
         acc = lambda r: f"{final(r, 'test_acc'):.4f} / {final(r, 'test_acc_precise'):.4f}"  # noqa: E731
         lines.append(f"| {a['seed']} | {d('loss', 0):.2e} | {d('loss', -1):.2e} | {acc(a)} | {acc(b)} |")
+    largest = lambda k: max(abs(final(a, k) - final(b, k)) for a, b in pairs)  # noqa: E731
+    lines += ["", f"Paired by seed, the sharper comparison: the largest same-seed difference of the final test "
+              f"accuracy is {largest('test_acc'):.4f} with the moving statistics and {largest('test_acc_precise'):.4f} "
+              f"re-estimated, of the final loss {largest('loss'):.1e}, against a spread over seeds of "
+              f"{describe(finals(study['scratch'], 'test_acc'))['std']:.3f} (std of the scratch runs' final test acc)."]
     return lines
 
 
