@@ -135,3 +135,23 @@ def test_inspect_a_run_without_bn(tiny, capsys):
     root, _, _ = tiny
     assert main(["inspect", str(root / "out" / "runs" / "none" / "seed0")]) == 0
     assert "no BN layers" in capsys.readouterr().out
+
+
+def test_an_interrupted_run_is_resumed_and_an_empty_one_restarted(tiny, tmp_path):
+    _, data, _ = tiny
+    cfg = study.study_config("scratch", 0, ["train.epochs=1", "train.threads=1"])
+    run_dir = tmp_path / "compare-scratch-seed0"
+    runs.train_run(cfg, out=run_dir, data=data, log=lambda _: None)
+    # What a stop after epoch 1 of 2 leaves behind: a checkpoint at epoch 1, status "interrupted".
+    cfg.train.epochs = 2
+    (run_dir / "config.toml").write_text(study.config_mod.to_toml(cfg))
+    runs.write_json(run_dir / "meta.json", dict(runs.read_json(run_dir / "meta.json"), status="interrupted"))
+    log = []
+    meta = study.ensure_run(cfg, run_dir, data, log=log.append)
+    assert meta["status"] == "finished" and any("resuming" in line for line in log)
+    assert [r["epoch"] for r in runs.read_metrics(run_dir)] == [1, 2]
+    # Stopped before its first epoch ended: no checkpoint, so it starts again from nothing.
+    (run_dir / "checkpoint.pt").unlink()
+    runs.write_json(run_dir / "meta.json", dict(runs.read_json(run_dir / "meta.json"), status="running"))
+    assert study.ensure_run(cfg, run_dir, data, log=lambda _: None)["status"] == "finished"
+    assert "resumed" not in runs.read_json(run_dir / "meta.json")
