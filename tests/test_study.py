@@ -2,6 +2,8 @@
 2 seeds x {scratch, torch, none}, 2 epochs of 2 batches on a 512-example slice of the real data."""
 
 import json
+import os
+import signal
 import re
 import shutil
 
@@ -139,13 +141,15 @@ def test_inspect_a_run_without_bn(tiny, capsys):
 
 def test_an_interrupted_run_is_resumed_and_an_empty_one_restarted(tiny, tmp_path):
     _, data, _ = tiny
-    cfg = study.study_config("scratch", 0, ["train.epochs=1", "train.threads=1"])
+    cfg = study.study_config("scratch", 0, ["train.epochs=2", "train.threads=1"])
     run_dir = tmp_path / "compare-scratch-seed0"
-    runs.train_run(cfg, out=run_dir, data=data, log=lambda _: None)
-    # What a stop after epoch 1 of 2 leaves behind: a checkpoint at epoch 1, status "interrupted".
-    cfg.train.epochs = 2
-    (run_dir / "config.toml").write_text(study.config_mod.to_toml(cfg))
-    runs.write_json(run_dir / "meta.json", dict(runs.read_json(run_dir / "meta.json"), status="interrupted"))
+
+    def sigterm_after_epoch_1(line):  # a real Ctrl-C/SIGTERM arriving once epoch 1 is saved
+        if line.startswith("epoch 1:"):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    first = runs.train_run(cfg, out=run_dir, data=data, log=sigterm_after_epoch_1)
+    assert first["status"] == "interrupted" and first["epochs_done"] == 1
     log = []
     meta = study.ensure_run(cfg, run_dir, data, log=log.append)
     assert meta["status"] == "finished" and any("resuming" in line for line in log)
