@@ -290,7 +290,7 @@ def add_arguments(p) -> None:
 def run_from_args(args, command: str) -> int:
     from . import benchmark_report
     from .errors import UserError
-    from .runs import environment
+    from .provenance import environment
     norms = [n.strip() for n in args.norms.split(",") if n.strip()]
     if not norms or any(n not in CONFIGS for n in norms):
         raise UserError(f"--norms {args.norms!r}: give a comma-separated list of {', '.join(CONFIGS)}")

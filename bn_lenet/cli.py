@@ -4,6 +4,7 @@ User errors print one ``error: ...`` line and exit 2, without a traceback (``--d
 """
 
 import argparse
+import json
 import statistics
 import sys
 from pathlib import Path
@@ -17,7 +18,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    run = sub.add_parser("run", help="train one run from a TOML config")
+    run = sub.add_parser("run", help="train one run from a TOML config",
+                         epilog="exit status: 0 finished, 1 diverged, 2 a user error (one `error:` line), 130 "
+                                "interrupted by Ctrl-C/SIGTERM after saving (continue with --resume RUN_DIR)")
     run.add_argument("config", nargs="?", help="a TOML config, e.g. configs/scratch_bn.toml")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                      help="override a config value, e.g. --set train.lr=0.5 (repeatable)")
@@ -30,6 +33,20 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = sub.add_parser("inspect", help="gamma/beta of every BN layer of a run (two runs: side by side)")
     inspect.add_argument("runs", nargs="+", metavar="RUN_DIR", help="one or two run directories")
     inspect.add_argument("--values", action="store_true", help="also print every channel's value")
+
+    compare = sub.add_parser("compare", help="seed study: scratch vs nn.BatchNorm vs no BN over N seeds, with "
+                             "precise BN; writes a report")
+    compare.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 per variant (default: 5)")
+    compare.add_argument("--variants", default="scratch,torch,none",
+                         help="comma-separated norms (default: scratch,torch,none)")
+    compare.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                         help="override a setting for every run, e.g. --set train.threads=1 (repeatable)")
+    compare.add_argument("--out", default="results/compare", help="report and collected runs (default: "
+                         "results/compare)")
+    compare.add_argument("--runs-dir", default="results/runs", help="full run directories, reused when found "
+                         "(default: results/runs)")
+    compare.add_argument("--report-only", action="store_true", help="only rewrite the report from OUT's "
+                         "collected runs")
 
     data = sub.add_parser("data", help="find and check Fashion-MNIST; with --get, obtain it")
     data.add_argument("--data-dir", help="folder with the four IDX files (default: search)")
@@ -47,19 +64,22 @@ def cmd_run(args) -> int:
     if bool(args.config) == bool(args.resume):
         raise UserError("give either a CONFIG to start a run or --resume RUN_DIR to continue one (not both)")
     progress = not args.quiet and sys.stderr.isatty()
+    to_stderr = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     if args.resume:
         if args.overrides or args.out or args.device or args.data_dir:
             raise UserError("--resume continues a run with its saved config: drop --set/--out/--device/--data-dir")
         cfg, _ = runs.resume_config(args.resume)
-        meta = runs.train_run(cfg, out=args.resume, progress=progress, resume=True)
+        meta = runs.train_run(cfg, out=args.resume, progress=progress, resume=True, log_error=to_stderr)
     else:
         overrides = list(args.overrides)
+        # Quoted as TOML strings, so a path such as "2024" or "true" stays a path.
         if args.device:
-            overrides.append(f"train.device={args.device}")
+            overrides.append(f"train.device={json.dumps(args.device)}")
         if args.data_dir:
-            overrides.append(f"data.root={args.data_dir}")
+            overrides.append(f"data.root={json.dumps(args.data_dir)}")
         cfg = config.resolve(args.config, overrides)
-        meta = runs.train_run(cfg, out=args.out, name=Path(args.config).stem, progress=progress)
+        meta = runs.train_run(cfg, out=args.out, name=Path(args.config).stem, progress=progress,
+                              log_error=to_stderr)
     for line in runs.summary_lines(meta["run_dir"]):
         print(line)
     print(f"run directory: {meta['run_dir']} ({meta['status']})")
@@ -67,21 +87,69 @@ def cmd_run(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from .runs import read_json
     if len(args.runs) > 2:
         raise UserError("inspect takes one run directory, or two to compare side by side")
-    params = []
-    for run in args.runs:
-        path = Path(run) / "bn_params.json"
-        if not path.is_file():
-            raise UserError(f"{run} is not a run directory with BN parameters (no {path.name}); "
-                            f"give a folder written by `bn-lenet run`")
-        params.append(read_json(path))
-    if not params[0]:
+    runs = [_read_inspectable(run) for run in args.runs]
+    for i, (label, run) in enumerate(zip(args.runs, runs)):
+        print(f"[{i + 1}] {label}: {_run_line(run)}")
+    if not runs[0]["params"]:
         print(f"{args.runs[0]}: no BN layers (norm = none)")
         return 0
-    print(format_bn_table(params, args.runs, values=args.values))
+    print()
+    print(format_bn_table([r["params"] for r in runs], args.runs, values=args.values))
+    histories = [r["history"] for r in runs]
+    if all(histories):
+        print()
+        print(format_bn_history(histories))
     return 0
+
+
+def _read_inspectable(run) -> dict:
+    """What inspect shows of a run directory (or of a study's copy of one): BN parameters are required."""
+    from .config import load
+    from .runs import read_json, read_metrics
+    run = Path(run)
+    if not (run / "bn_params.json").is_file():
+        raise UserError(f"{run} is not a run directory with BN parameters (no bn_params.json); "
+                        f"give a folder written by `bn-lenet run`")
+    optional = lambda name, empty: read_json(run / name) if (run / name).is_file() else empty  # noqa: E731
+    return {"params": read_json(run / "bn_params.json"), "history": optional("bn_history.json", []),
+            "meta": optional("meta.json", {}), "rows": read_metrics(run),
+            "norm": load(run / "config.toml").model.norm if (run / "config.toml").is_file() else "?"}
+
+
+def _run_line(run: dict) -> str:
+    """One line: status, epochs and the last epoch's figures."""
+    meta, rows = run["meta"], run["rows"]
+    head = f"norm {run['norm']}, seed {meta.get('seed', '?')}, {meta.get('status', 'unknown status')}"
+    if not rows:
+        return f"{head}, no finished epoch"
+    last = rows[-1]
+    precise = f" (precise BN {last['test_acc_precise']:.3f})" if "test_acc_precise" in last else ""
+    return (f"{head}; epoch {last['epoch']}: loss "
+            f"{last['loss']:.3f}, train acc {last['train_acc']:.3f}, test acc {last['test_acc']:.3f}{precise}")
+
+
+def format_bn_history(histories: list, max_columns: int = 10) -> str:
+    """Gamma/beta over epochs: per layer and parameter the mean over channels after each epoch (at most
+    ``max_columns`` epochs, evenly spaced, first and last kept); one row per run."""
+    epochs = sorted({h["epoch"] for history in histories for h in history})
+    if len(epochs) > max_columns:
+        epochs = sorted({epochs[round(i * (len(epochs) - 1) / (max_columns - 1))] for i in range(max_columns)})
+    by_epoch = [{h["epoch"]: h["params"] for h in history} for history in histories]
+    tag = len(histories) > 1
+    lines = ["mean over channels after each epoch",
+             f"{'layer':10} {'param':5} {'':3}" + "".join(f"{'ep ' + str(e):>8}" for e in epochs)]
+    lines.append("-" * len(lines[-1]))
+    for layer in histories[0][0]["params"]:
+        for key in ("gamma", "beta"):
+            for i, params in enumerate(by_epoch):
+                cells = [statistics.fmean(params[e][layer][key]) if e in params and layer in params[e] else None
+                         for e in epochs]
+                prefix = f"{layer:10} {key:5}" if i == 0 else " " * 16
+                lines.append(f"{prefix} {f'[{i + 1}]' if tag else '':3}" +
+                             "".join(f"{c:8.3f}" if c is not None else f"{'-':>8}" for c in cells))
+    return "\n".join(lines)
 
 
 def _stats(v: list) -> str:
@@ -104,6 +172,15 @@ def format_bn_table(params: list, labels: list, values: bool = False) -> str:
     return "\n".join(lines)
 
 
+def cmd_compare(args) -> int:
+    from . import study
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    command = "bn-lenet " + " ".join(sys.argv[1:]) if Path(sys.argv[0]).name != "compare.py" else \
+        "python experiments/compare.py " + " ".join(sys.argv[1:])
+    return study.compare(args.out, args.seeds, variants, args.overrides, args.runs_dir,
+                         report_only=args.report_only, command=command)
+
+
 def cmd_data(args) -> int:
     from . import data
     ds = data.get_dataset(args.data_dir) if args.get else data.load_dataset(args.data_dir)
@@ -117,7 +194,8 @@ def cmd_benchmark(args) -> int:
     return benchmark.run_from_args(args, "python -m bn_lenet " + " ".join(sys.argv[1:]))
 
 
-COMMANDS = {"run": cmd_run, "inspect": cmd_inspect, "data": cmd_data, "benchmark": cmd_benchmark}
+COMMANDS = {"run": cmd_run, "inspect": cmd_inspect, "compare": cmd_compare, "data": cmd_data,
+            "benchmark": cmd_benchmark}
 
 
 def run_main(fn, *args, debug=False) -> int:
@@ -138,8 +216,10 @@ def run_main(fn, *args, debug=False) -> int:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_main(COMMANDS[args.command], args, debug=args.debug)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # accepted anywhere on the line, not only before the command
+    args = build_parser().parse_args([a for a in argv if a != "--debug"])
+    return run_main(COMMANDS[args.command], args, debug=debug)
 
 
 if __name__ == "__main__":

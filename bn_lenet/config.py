@@ -110,7 +110,10 @@ def from_dict(d: dict, where: str = "config") -> Config:
             if key not in known:
                 raise ConfigError(f"{where}: unknown key {section}.{key}; known keys in [{section}]: "
                                   f"{', '.join(known)}")
-            setattr(target, key, _check_type(f"{section}.{key}", value, known[key]))
+            try:
+                setattr(target, key, _check_type(f"{section}.{key}", value, known[key]))
+            except ConfigError as e:
+                raise ConfigError(f"{where}: {e}") from None
     return cfg
 
 
@@ -120,12 +123,15 @@ def load(path) -> Config:
         text = path.read_text()
     except FileNotFoundError:
         raise ConfigError(f"config file {path} not found (the shipped configs are in configs/)") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read config file {path}: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}; give a readable TOML file "
+                          f"(the shipped configs are in configs/)") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a text file; give a TOML config such as configs/scratch_bn.toml") from None
     try:
         d = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path} is not valid TOML: {e}") from None
+        raise ConfigError(f"{path} is not valid TOML: {e}; fix the file (see configs/ for examples)") from None
     return from_dict(d, where=str(path))
 
 

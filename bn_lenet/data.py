@@ -86,11 +86,15 @@ def read_idx(path: Path, magic: int, shape: tuple) -> torch.Tensor:
             raw = f.read()
         if raw[:2] == b"\x1f\x8b":
             raw = gzip.decompress(raw)
-    except OSError as e:  # unreadable file, bad gzip
-        raise DataError(f"cannot read {path}: {e}. Delete it and {HOW_TO_GET}.") from e
-    except (EOFError, zlib.error) as e:  # truncated or damaged gzip stream
+    except PermissionError:
+        raise DataError(f"cannot read {path}: permission denied. Make it readable (chmod a+r) or point "
+                        f"--data-dir at a readable copy.") from None
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:  # BadGzipFile is an OSError: test it first
         raise DataError(f"{path} is corrupt ({e}): the gzip stream is damaged or truncated. "
-                        f"Delete it and {HOW_TO_GET}.") from e
+                        f"Delete it and {HOW_TO_GET}.") from None
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}. Check the file, or delete it and "
+                        f"{HOW_TO_GET}.") from None
     ndim = len(shape)
     if len(raw) < 4 + 4 * ndim:
         raise DataError(f"{path} is truncated ({len(raw)} bytes). Delete it and {HOW_TO_GET}.")

@@ -10,16 +10,12 @@
 
 Every file is written to a temporary name and renamed, so none is ever half-written. The checkpoint is
 written first at each epoch end and carries the metrics history: on resume the metrics files are
-rewritten from it, so they never hold a partial or duplicated row.
+rewritten from it, so they never hold a partial or duplicated row. A run killed before its first
+checkpoint resumes from the start.
 """
 
-import csv
-import io
-import json
-import os
-import platform
+import itertools
 import signal
-import subprocess
 import sys
 import time
 from contextlib import contextmanager
@@ -30,100 +26,33 @@ import torch
 from . import config as config_mod
 from . import data as data_mod
 from .errors import UserError
+from .files import (signal_for_tests, load_checkpoint, read_json, read_metrics, save_checkpoint, write_atomic,
+                    write_json, write_metrics)
 from .model import bn_params, lenet
-from .train import Diverged, EpochStats, Interrupted, device_name, fit, make_optimizer, resolve_device
+from .provenance import cpu_model, environment, git_commit  # noqa: F401  (train.device_name uses runs.cpu_model)
+from .train import Diverged, EpochStats, Interrupted, fit, make_optimizer, resolve_device
 
 RUNS_DIR = Path("results/runs")
-STATUS_FILE_NAMES = ("config.toml", "checkpoint.pt", "meta.json")
-
-
-# --- small atomic writers ----------------------------------------------------------------------------------
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, obj) -> None:
-    write_atomic(path, json.dumps(obj, indent=1) + "\n")
-
-
-def read_json(path: Path):
-    return json.loads(Path(path).read_text())
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def write_metrics(run_dir: Path, rows: list) -> None:
-    write_atomic(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-    columns = list(EpochStats.__dataclass_fields__)
-    columns = [c for c in columns if any(c in r for r in rows)] or columns
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_atomic(run_dir / "metrics.csv", buf.getvalue())
-
-
-def read_metrics(run_dir) -> list:
-    path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-
-
-# --- provenance ------------------------------------------------------------------------------------------
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def git_commit() -> str:
-    try:
-        here = Path(__file__).resolve().parent
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=5)
-        if commit.returncode != 0:
-            return "unknown"
-        return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def environment(device: torch.device) -> dict:
-    import torchvision
-    return {
-        "device": str(device), "device_name": device_name(device), "cpu": cpu_model(),
-        "threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__,
-        "torchvision": torchvision.__version__, "platform": platform.platform(), "git_commit": git_commit(),
-    }
 
 
 # --- run directories ---------------------------------------------------------------------------------
 
+def check_out(out) -> None:
+    """Refuse an --out that is a file, or a folder holding anything: a run directory is never overwritten."""
+    path = Path(out)
+    if path.is_file():
+        raise UserError(f"--out {path} is a file; give a directory path for the run")
+    if path.is_dir() and any(path.iterdir()):
+        hint = (f"continue it with `bn-lenet run --resume {path}`" if (path / "config.toml").exists()
+                else "choose another --out")
+        raise UserError(f"--out {path} already exists and is not empty; it is never overwritten: {hint}")
+
+
 def new_run_dir(out, name: str) -> Path:
     """Create the run directory; never reuse one that holds anything."""
     if out:
+        check_out(out)
         path = Path(out)
-        if path.is_file():
-            raise UserError(f"--out {path} is a file; give a directory path for the run")
-        if path.is_dir() and any(path.iterdir()):
-            hint = (f"continue it with `bn-lenet run --resume {path}`" if (path / "checkpoint.pt").exists()
-                    else "choose another --out")
-            raise UserError(f"--out {path} already exists and is not empty; it is never overwritten: {hint}")
     else:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         path, k = RUNS_DIR / f"{name}-{stamp}", 2
@@ -165,24 +94,84 @@ def _set_threads(cfg) -> None:
         torch.set_num_threads(cfg.train.threads)
 
 
-def train_run(cfg, out=None, name="run", data=None, progress=False, log=print, resume=False) -> dict:
+def rng_states() -> dict:
+    states = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def nonfinite_tensors(model) -> list:
+    """Names of the parameters and BN statistics holding inf or NaN. The loss can stay finite while they
+    overflow (at lr 1e30 the first BN layer's moving variance does), and eval mode would then use them."""
+    tensors = {k: v for k, v in model.state_dict().items() if v.is_floating_point()}
+    finite = torch.stack([torch.isfinite(v).all() for v in tensors.values()]).tolist()  # one host sync
+    return [name for name, ok in zip(tensors, finite) if not ok]
+
+
+def write_epoch_files(run_dir: Path, history: list, bn_history: list) -> None:
+    """Metrics and BN parameters as of the last finished epoch (the checkpoint has the same)."""
+    write_metrics(run_dir, history)
+    if bn_history:
+        write_json(run_dir / "bn_params.json", bn_history[-1]["params"])
+        write_json(run_dir / "bn_history.json", bn_history)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def checkpoint_of(run_dir: Path, cfg):
+    """The checkpoint to resume ``run_dir`` from (None: killed before its first epoch ended), checked
+    against the run's config."""
+    path = run_dir / "checkpoint.pt"
+    if not path.exists():
+        return None
+    ckpt = load_checkpoint(path)
+    if ckpt["config"] != config_mod.to_dict(cfg):
+        raise UserError(f"{run_dir / 'config.toml'} differs from the config saved in {path}; restore it, or "
+                        f"start a new run with the new config")
+    return ckpt
+
+
+def train_run(cfg, out=None, name="run", data=None, progress=False, log=print, resume=False,
+              log_error=None) -> dict:
     """Train one run into its directory (new, or ``out`` resumed). Returns meta.json's content.
 
-    Diverged and interrupted runs keep every finished epoch on disk and say so in meta.json["status"].
+    Diverged and interrupted runs keep every finished epoch on disk and say so in meta.json["status"],
+    with a one-line ``message`` (also passed to ``log_error``, default ``log``).
     """
-    if resume:
-        run_dir = Path(out)
-        ckpt = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
-        meta = read_json(run_dir / "meta.json")
-    else:
-        run_dir, ckpt = new_run_dir(out, name), None
-        write_atomic(run_dir / "config.toml", config_mod.to_toml(cfg))
-        meta = {"status": "running", "seed": cfg.train.seed, "command": " ".join(sys.argv),
-                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "epochs_done": 0}
+    # From here on Ctrl-C / SIGTERM stop the run at the next batch boundary, whenever they come.
+    with stop_on_signals() as stop_requested:
+        return _train_run(cfg, out, name, data, progress, log, resume, log_error or log, stop_requested)
+
+
+def _train_run(cfg, out, name, data, progress, log, resume, log_error, stop_requested) -> dict:
+    # User errors (a bad --out, no GPU, no data) are found before anything is written.
+    if out and not resume:
+        check_out(out)
     _set_threads(cfg)
     device = resolve_device(cfg.train.device)
     data = (data or data_mod.load_dataset(cfg.data.root or None)).to(device)
-    meta.update(environment(device), data=data.source, run_dir=str(run_dir))
+    if resume:
+        run_dir = Path(out)
+        ckpt = checkpoint_of(run_dir, cfg)
+        meta = read_json(run_dir / "meta.json") if (run_dir / "meta.json").exists() else {}
+        for leftover in run_dir.glob("*.tmp"):  # half-written by a killed process; never read
+            leftover.unlink()
+    else:
+        run_dir, ckpt = new_run_dir(out, name), None
+        write_atomic(run_dir / "config.toml", config_mod.to_toml(cfg))
+        meta = {"seed": cfg.train.seed, "command": " ".join(sys.argv), "started": _now()}
+    meta.update(environment(device), data=data.source, run_dir=str(run_dir), status="running", epochs_done=0)
+    for stale in ("interrupted_at", "message", "ended"):
+        meta.pop(stale, None)
 
     torch.manual_seed(cfg.train.seed)
     model = lenet(cfg.model.norm).to(device)
@@ -191,44 +180,57 @@ def train_run(cfg, out=None, name="run", data=None, progress=False, log=print, r
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
+        set_rng_states(ckpt["rng"])
         history, bn_history, start = ckpt["history"], ckpt["bn_history"], ckpt["epoch"]
-        write_metrics(run_dir, history)  # drop any row written after the checkpoint by a killed process
-        meta.setdefault("resumed", []).append({"at_epoch": start, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         log(f"resuming {run_dir} after epoch {start}/{cfg.train.epochs}")
+    if resume:
+        # The checkpoint is the source of truth: drop anything a killed process wrote after it.
+        write_epoch_files(run_dir, history, bn_history)
+        meta.update(epochs_done=start)
+        meta.setdefault("resumed", []).append({"at_epoch": start, "time": _now(), "command": " ".join(sys.argv)})
     write_json(run_dir / "meta.json", meta)
 
+    diverged_because = []
+
     def save_epoch(stats: EpochStats):
+        bad = nonfinite_tensors(model)
+        if bad:  # keep the last good checkpoint: this epoch's weights are not saved
+            diverged_because.append(f"{', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''} became inf or NaN")
+            raise Diverged(stats)
         history.append(stats.row())
-        params = bn_params(model)
-        bn_history.append({"epoch": stats.epoch, "params": params})
+        bn_history.append({"epoch": stats.epoch, "params": bn_params(model)})
         save_checkpoint(run_dir / "checkpoint.pt", {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": stats.epoch,
-            "config": config_mod.to_dict(cfg), "rng": {"torch": torch.get_rng_state()},
-            "history": history, "bn_history": bn_history})
-        write_metrics(run_dir, history)
-        write_json(run_dir / "bn_params.json", params)
-        write_json(run_dir / "bn_history.json", bn_history)
+            "config": config_mod.to_dict(cfg), "rng": rng_states(), "history": history, "bn_history": bn_history})
+        signal_for_tests(f"checkpoint:{stats.epoch}")
+        write_epoch_files(run_dir, history, bn_history)
         meta["epochs_done"] = stats.epoch
         write_json(run_dir / "meta.json", meta)
         if not progress:
             log(format_epoch(stats))
 
-    with stop_on_signals() as should_stop:
-        try:
-            fit(model, data, cfg, optimizer, start, on_epoch=save_epoch, progress=progress,
-                should_stop=should_stop)
-            meta["status"] = "finished"
-        except Diverged as e:
-            meta.update(status="diverged", diverged_at_epoch=e.stats.epoch, diverged_loss=str(e.stats.loss))
-            log(f"error: training diverged at epoch {e.stats.epoch} (loss {e.stats.loss}); kept the "
-                f"{len(history)} finished epoch(s) in {run_dir}. Lower train.lr and start a new run.")
-        except Interrupted as e:
-            meta.update(status="interrupted", interrupted_at={"epoch": e.epoch, "batch": e.batch})
-            log(f"interrupted during epoch {e.epoch}; kept {len(history)} finished epoch(s). "
-                f"Continue with: bn-lenet run --resume {run_dir}")
-    meta["ended"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    batches = itertools.count(1)
+
+    def should_stop():
+        signal_for_tests(f"batch:{next(batches)}")
+        return stop_requested()
+
+    try:
+        fit(model, data, cfg, optimizer, start, on_epoch=save_epoch, progress=progress, should_stop=should_stop)
+        meta["status"] = "finished"
+    except Diverged as e:
+        why = diverged_because[0] if diverged_because else f"the training loss is {e.stats.loss}"
+        meta.update(status="diverged", diverged_at_epoch=e.stats.epoch, diverged_loss=str(e.stats.loss),
+                    message=f"training diverged at epoch {e.stats.epoch}: {why}. Kept the {len(history)} "
+                            f"finished epoch(s) before it in {run_dir}. Lower train.lr and start a new run.")
+    except Interrupted as e:
+        meta.update(status="interrupted", interrupted_at={"epoch": e.epoch, "batch": e.batch},
+                    message=f"interrupted during epoch {e.epoch}; kept the {len(history)} finished epoch(s) "
+                            f"in {run_dir}. Continue with: bn-lenet run --resume {run_dir}")
+    meta["ended"] = _now()
     write_json(run_dir / "meta.json", meta)
+    if "message" in meta:
+        log_error(("error: " if meta["status"] == "diverged" else "") + meta["message"])
     if history:
         from . import plots
         plots.curves(history, run_dir / "curves.png", title=f"LeNet, norm={cfg.model.norm}")
@@ -239,16 +241,20 @@ def train_run(cfg, out=None, name="run", data=None, progress=False, log=print, r
 
 
 def resume_config(run_dir):
-    """The config of a run to resume, with checks that it can be resumed."""
+    """The config of a run to resume, with checks that it can be resumed (before any data is loaded)."""
     run_dir = Path(run_dir)
-    if not run_dir.is_dir() or not all((run_dir / f).exists() for f in STATUS_FILE_NAMES):
-        raise UserError(f"{run_dir} is not a run directory with a checkpoint (expected "
-                        f"{', '.join(STATUS_FILE_NAMES)}); nothing to resume")
+    if not (run_dir / "config.toml").is_file():
+        raise UserError(f"{run_dir} is not a run directory (no config.toml); give a folder written by "
+                        f"`bn-lenet run`, or start a new run with a CONFIG")
     cfg = config_mod.validate(config_mod.load(run_dir / "config.toml"))
-    meta = read_json(run_dir / "meta.json")
+    meta = read_json(run_dir / "meta.json") if (run_dir / "meta.json").is_file() else {}
     if meta.get("status") == "diverged":
         raise UserError(f"{run_dir} diverged at epoch {meta.get('diverged_at_epoch')}; resuming would repeat "
                         f"it. Start a new run with a lower train.lr")
+    if meta.get("status") == "finished":
+        raise UserError(f"{run_dir} already finished all {meta.get('epochs_done')} epochs; nothing to resume. "
+                        f"To train longer, start a new run with --set train.epochs=N")
+    checkpoint_of(run_dir, cfg)
     return cfg, meta
 
 
