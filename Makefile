@@ -28,5 +28,9 @@ test: setup
 benchmark: setup
 	$(BIN)/python -m bn_lenet benchmark
 
+# Scratch vs nn.BatchNorm vs no BN over 5 seeds, precise BN: results/compare/report.md (~40 min on 2 cores).
+compare: setup
+	$(BIN)/python experiments/compare.py
+
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -22,11 +22,23 @@ def idx_bytes(magic, dims, body):
     return header + body
 
 
+@pytest.fixture(scope="session")
+def gz_files(tmp_path_factory, fashion_mnist):
+    """The four real files, gzipped as distributed (./data may hold the uncompressed torchvision copy)."""
+    folder = tmp_path_factory.mktemp("gz")
+    for name, path in data_mod.find_files().items():
+        target = folder / f"{name}.gz"
+        if path.suffix == ".gz":
+            target.symlink_to(path.resolve())
+        else:
+            target.write_bytes(gzip.compress(path.read_bytes(), compresslevel=1))
+    return folder
+
+
 @pytest.fixture
-def data_dir(tmp_path, fashion_mnist):
-    """A folder with links to the four real files; a test replaces one with a bad one."""
-    real = data_mod.find_files()
-    for name, path in real.items():
+def data_dir(tmp_path, gz_files):
+    """A folder with links to the four real .gz files; a test replaces one with a bad one."""
+    for path in gz_files.iterdir():
         (tmp_path / path.name).symlink_to(path.resolve())
     return tmp_path
 
