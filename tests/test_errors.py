@@ -230,8 +230,10 @@ def test_out_in_a_read_only_folder(world_tmp, capsys):
     locked = world_tmp / "locked"
     locked.mkdir()
     locked.chmod(0o555)
+    config = world_tmp / "c.toml"  # nobody may not be able to enter the checkout (a clone in a 0700 folder)
+    config.write_text(Path(CONFIG).read_text())
     with as_unprivileged_user():
-        code, err = run_cli(["run", CONFIG, "--out", str(locked / "run")], capsys)
+        code, err = run_cli(["run", str(config), "--out", str(locked / "run")], capsys)
     assert_one_clear_error(code, err, "cannot write the run directory", "Permission denied", "choose another --out")
 
 
