@@ -149,7 +149,12 @@ def train_run(cfg, out=None, name="run", data=None, progress=False, log=print, r
     """
     # From here on Ctrl-C / SIGTERM stop the run at the next batch boundary, whenever they come.
     with stop_on_signals() as stop_requested:
-        return _train_run(cfg, out, name, data, progress, log, resume, log_error or log, stop_requested)
+        meta = _train_run(cfg, out, name, data, progress, log, resume, log_error or log, stop_requested)
+    if stop_requested() and meta["status"] == "finished":
+        # The stop came after the last batch: this run is complete and saved, but a caller running many
+        # runs (the seed study) must stop too, not start the next one.
+        raise KeyboardInterrupt
+    return meta
 
 
 def _train_run(cfg, out, name, data, progress, log, resume, log_error, stop_requested) -> dict:

@@ -139,6 +139,16 @@ def test_a_signal_stops_at_a_batch_boundary_and_the_resumed_run_is_identical(
     assert_identical(out, straight(norm))
 
 
+def test_a_stop_after_the_last_batch_keeps_the_finished_run_and_still_stops_the_caller(
+        small_data, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    monkeypatch.setenv("BN_LENET_TEST_SIGNAL", "SIGINT@checkpoint:3")  # after the last epoch's checkpoint
+    with pytest.raises(KeyboardInterrupt):
+        runs.train_run(quick_config("scratch"), out=out, data=small_data, log=quiet)
+    assert runs.read_json(out / "meta.json")["status"] == "finished"
+    assert [r["epoch"] for r in runs.read_metrics(out)] == [1, 2, 3]
+
+
 # --- real kills ------------------------------------------------------------------------------------------
 
 def check_metrics_files(run_dir: Path) -> int:
