@@ -23,7 +23,9 @@ def git_commit() -> str:
     try:
         here = Path(__file__).resolve().parent
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+        # "-dirty" means changed code, not the results a run itself writes under results/.
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":(top)",
+                                ":(top,exclude)results"], cwd=here,
                                capture_output=True, text=True, timeout=5)
         if commit.returncode != 0:
             return "unknown"
