@@ -86,11 +86,10 @@ def final_table(study) -> list:
                 m = r["meta"]
                 where = f" at epoch {m['diverged_at_epoch']} (loss {m['diverged_loss']})" if "diverged_at_epoch" in m else ""
                 lines.append(f"\n{LABELS[v]} seed {r['seed']}: **{r['status']}**{where}; left out of every average.")
-    on_cpu = any(r["meta"].get("device") == "cpu" for runs in study.values() for r in runs)
-    note = ("examples/sec were measured on a CPU whose 2 cores other jobs shared while the study ran: they say "
-            "little about speed (results/benchmark/ is the place for that)." if on_cpu else
-            "examples/sec: training steps only, as the tutorial counts them (results/benchmark/ is the place for "
-            "speed).")
+    # The runs of a study follow one another, each on whatever else the machine was doing then: their
+    # examples/sec are a by-product, not a benchmark (that one interleaves its runs in one process).
+    note = ("examples/sec: training steps only, as the tutorial counts them, from runs made one after another; "
+            "for speed comparisons see results/benchmark/, which interleaves its runs in one process.")
     return lines + ["", note, ""]
 
 
