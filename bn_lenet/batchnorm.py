@@ -37,7 +37,7 @@ def _per_channel(t: torch.Tensor, ndim: int) -> torch.Tensor:
     return t.view(1, -1) if ndim == 2 else t.view(1, -1, 1, 1)
 
 
-def _channel_dims(ndim: int) -> tuple:
+def channel_dims(ndim: int) -> tuple:
     return (0,) if ndim == 2 else (0, 2, 3)
 
 
@@ -56,7 +56,7 @@ class _TrainingBatchNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, X, gamma, beta, eps):
         x = X if X.dtype in (torch.float32, torch.float64) else X.float()
-        dims, n = _channel_dims(x.ndim), x.numel() // x.shape[1]
+        dims, n = channel_dims(x.ndim), x.numel() // x.shape[1]
         mean = x.sum(dims) / n
         d = x - _per_channel(mean, x.ndim)
         var = (d * d).sum(dims) / n
@@ -73,7 +73,7 @@ class _TrainingBatchNorm(torch.autograd.Function):
         d, invstd, scale = ctx.saved_tensors
         x_dtype, gamma_dtype = ctx.dtypes
         dy = dY.to(d.dtype)
-        dims, n = _channel_dims(d.ndim), d.numel() // d.shape[1]
+        dims, n = channel_dims(d.ndim), d.numel() // d.shape[1]
         # With x_hat = d * invstd (d = x - mean): dbeta = sum(dy), dgamma = sum(dy * x_hat), and
         # dx = scale * (dy - dbeta / n - x_hat * dgamma / n), computed as dy * scale + d * b + c per channel.
         dbeta = dy.sum(dims)

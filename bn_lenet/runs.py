@@ -29,7 +29,7 @@ from .errors import UserError
 from .files import (signal_for_tests, load_checkpoint, read_json, read_metrics, save_checkpoint, write_atomic,
                     write_json, write_metrics)
 from .model import bn_params, lenet
-from .provenance import cpu_model, environment, git_commit  # noqa: F401  (train.device_name uses runs.cpu_model)
+from .provenance import environment
 from .train import Diverged, EpochStats, Interrupted, fit, make_optimizer, resolve_device
 
 RUNS_DIR = Path("results/runs")

@@ -18,6 +18,7 @@ from . import config as config_mod
 from . import data as data_mod
 from . import runs
 from .errors import UserError
+from .provenance import git_commit
 from .model import NORMS
 
 KEEP = ("config.toml", "metrics.jsonl", "bn_history.json", "bn_params.json", "meta.json")
@@ -81,9 +82,9 @@ def compare(out, seeds: int, variants, overrides, runs_dir, report_only=False, c
         if not study_file.is_file():
             raise UserError(f"no study in {out} (no {study_file.name}): run it first without --report-only")
         provenance = runs.read_json(study_file)
-        provenance.update(report_command=command, report_commit=runs.git_commit())
+        provenance.update(report_command=command, report_commit=git_commit())
     else:
-        started, clock, commit = time.strftime("%Y-%m-%dT%H:%M:%S%z"), time.perf_counter(), runs.git_commit()
+        started, clock, commit = time.strftime("%Y-%m-%dT%H:%M:%S%z"), time.perf_counter(), git_commit()
         root = study_config(variants[0], 0, overrides).data.root
         data = data_mod.load_dataset(root or None)  # read once, shared by every run
         if not run_study(variants, range(seeds), overrides, runs_dir, out, data, log):

@@ -25,7 +25,7 @@ from torch import nn
 from .data import FashionMNIST, epoch_order, num_batches, to_float
 from .errors import UserError
 from .model import bn_layers, moving_stats
-from .batchnorm import BatchNorm
+from .batchnorm import BatchNorm, channel_dims
 
 PROGRESS_EVERY = 25
 
@@ -68,7 +68,7 @@ def resolve_device(name: str) -> torch.device:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    from .runs import cpu_model
+    from .provenance import cpu_model
     return cpu_model()
 
 
@@ -141,8 +141,7 @@ def reestimate_bn(model: nn.Module, images: torch.Tensor, batch_size: int, max_b
 
         def hook(_module, inputs):
             x = inputs[0].float()
-            dims = (0,) if x.ndim == 2 else (0, 2, 3)
-            var, mean = torch.var_mean(x, dim=dims, correction=1 if unbiased else 0)
+            var, mean = torch.var_mean(x, dim=channel_dims(x.ndim), correction=1 if unbiased else 0)
             s = sums.setdefault(name, [torch.zeros_like(mean), torch.zeros_like(var), 0])
             s[0] += mean
             s[1] += var
@@ -150,6 +149,8 @@ def reestimate_bn(model: nn.Module, images: torch.Tensor, batch_size: int, max_b
         return hook
 
     layers = bn_layers(model)
+    if not layers:  # nothing to re-estimate: skip the pass over the training set
+        return
     for name, layer in layers.items():
         hooks.append(layer.register_forward_pre_hook(hook_for(name, layer)))
     was_training = model.training
