@@ -4,12 +4,22 @@ Writes results/reproduce/: summary.md (our figures next to the published ones, h
 time, the command), and per variant the metrics, gamma/beta, curves.png and bn_params.png.
 The full run directories (with checkpoints) stay under results/runs/ (not committed).
 
-    python experiments/reproduce.py [--set section.key=value ...] [--out results/reproduce]
+On a CPU with 2 or more cores the two runs train side by side, each a `bn-lenet run` process with half the
+cores (``--jobs 2``, the default there): LeNet's small batches keep two threads only partly busy (one
+process with 2 threads trained ~13k examples/sec here, with 1 thread ~10k), so two 1-thread processes finish
+both runs sooner than one after the other. ``--jobs 1`` trains them one after the other in this process
+(the default on a GPU).
+
+    python experiments/reproduce.py [--set section.key=value ...] [--out results/reproduce] [--jobs N]
 """
 
 import argparse
+import os
 import shutil
+import signal
+import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -18,6 +28,9 @@ sys.path.insert(0, str(ROOT))
 
 from bn_lenet import config, data as data_mod, runs  # noqa: E402
 from bn_lenet.cli import run_main  # noqa: E402
+from bn_lenet.errors import UserError  # noqa: E402
+from bn_lenet.files import read_json  # noqa: E402
+from bn_lenet.train import resolve_device  # noqa: E402
 
 VARIANTS = {"scratch_bn": "configs/scratch_bn.toml", "torch_bn": "configs/torch_bn.toml"}
 # REFERENCE.md: the tutorial's published runs (V100). Quoted, never measured here.
@@ -31,26 +44,52 @@ KEEP = ("config.toml", "metrics.jsonl", "metrics.csv", "bn_params.json", "bn_his
         "curves.png", "bn_params.png")
 
 
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     p.add_argument("--out", default=str(ROOT / "results" / "reproduce"))
+    p.add_argument("--jobs", type=int, default=0, help="runs trained at once, each in its own process with "
+                   "cores/jobs threads (default: 2 on a CPU with >= 2 cores, else 1)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
+    if args.jobs < 0:
+        raise UserError(f"--jobs must be 0 (automatic) or a number of runs at once, got {args.jobs}")
     out = Path(args.out)
     started = time.perf_counter()
     cfgs = {name: config.resolve(ROOT / path, args.overrides) for name, path in VARIANTS.items()}
-    data = data_mod.load_dataset(cfgs["scratch_bn"].data.root or None)  # read once, shared by both runs
-    metas = {}
-    for name, cfg in cfgs.items():
-        print(f"== {name} ({VARIANTS[name]})", flush=True)
-        metas[name] = runs.train_run(cfg, name=f"reproduce-{name}", data=data,
-                                     progress=not args.quiet and sys.stderr.isatty())
-        if metas[name]["status"] != "finished":
-            print(f"error: {name} did not finish ({metas[name]['status']}); see {metas[name]['run_dir']}")
-            return 1
-        for line in runs.summary_lines(metas[name]["run_dir"]):
-            print("  " + line)
+    first = next(iter(cfgs.values()))
+    device = resolve_device(first.train.device)
+    jobs = args.jobs or (min(len(cfgs), cores()) if device.type == "cpu" else 1)
+    if jobs > 1:
+        threads = max(1, cores() // jobs)
+        data_mod.find_files(first.data.root or None)  # a missing dataset: one error here, not one per run
+        metas = train_side_by_side(args.overrides, threads)
+        how = f"{len(cfgs)} `bn-lenet run` processes side by side, {threads} thread(s) each (--jobs {jobs})"
+    else:
+        data = data_mod.load_dataset(first.data.root or None)  # read once, shared by both runs
+        metas = {}
+        for name, cfg in cfgs.items():
+            print(f"== {name} ({VARIANTS[name]})", flush=True)
+            metas[name] = runs.train_run(cfg, name=f"reproduce-{name}", data=data,
+                                         progress=not args.quiet and sys.stderr.isatty())
+            if metas[name]["status"] != "finished":  # diverged or stopped: do not start the next run
+                break
+        how = "one run after the other in one process (--jobs 1)"
+    unfinished = {name: meta for name, meta in metas.items() if meta["status"] != "finished"}
+    for name, meta in unfinished.items():
+        print(f"error: {name} did not finish ({meta['status']}); its finished epochs are in {meta['run_dir']}",
+              file=sys.stderr)
+    if unfinished:  # no summary from partial runs
+        return 130 if all(m["status"] == "interrupted" for m in unfinished.values()) else 1
+    if jobs == 1:
+        for name, meta in metas.items():
+            print(f"{name}:")
+            for line in runs.summary_lines(meta["run_dir"]):
+                print("  " + line)
     wall = time.perf_counter() - started
 
     out.mkdir(parents=True, exist_ok=True)
@@ -58,12 +97,58 @@ def main(argv=None) -> int:
         (out / name).mkdir(exist_ok=True)
         for f in KEEP:
             shutil.copy(Path(meta["run_dir"]) / f, out / name / f)
-    (out / "summary.md").write_text(summary(cfgs, metas, wall, argv if argv is not None else sys.argv[1:]))
+    (out / "summary.md").write_text(summary(cfgs, metas, wall, argv if argv is not None else sys.argv[1:], how))
     print(f"wrote {out / 'summary.md'} (whole reproduction: {wall:.0f} s wall)")
     return 0
 
 
-def summary(cfgs, metas, wall, argv) -> str:
+def train_side_by_side(overrides, threads: int) -> dict:
+    """Train every variant at once, each as `python -m bn_lenet run CONFIG --quiet` in its own process, its
+    lines prefixed with its name. Ctrl-C / SIGTERM reach every run, which saves its finished epochs and
+    stops (continue each with `bn-lenet run --resume RUN_DIR`). Returns {name: meta.json}."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    procs, readers, run_dirs = {}, [], {}
+    for name, path in VARIANTS.items():
+        run_dirs[name] = runs.new_run_dir(None, f"reproduce-{name}")
+        sets = [f"train.threads={threads}", *overrides]  # the caller's own train.threads, if any, wins
+        cmd = [sys.executable, "-m", "bn_lenet", "run", str(ROOT / path), "--quiet", "--out", str(run_dirs[name]),
+               *(f"--set={s}" for s in sets)]
+        print(f"== {name}: {' '.join(cmd[1:])}", flush=True)
+        procs[name] = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                       bufsize=1)
+        readers.append(threading.Thread(target=_echo, args=(name, procs[name].stdout), daemon=True))
+        readers[-1].start()
+
+    def forward(signum, _frame):  # a stop asked of this process reaches the runs, which save and stop
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+
+    saved = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for proc in procs.values():
+            proc.wait()
+        for reader in readers:
+            reader.join()
+    finally:
+        for sig, old in saved.items():
+            signal.signal(sig, old)
+    metas = {}
+    for name, run_dir in run_dirs.items():
+        meta_path = run_dir / "meta.json"
+        if procs[name].returncode not in (0, 1, 130) or not meta_path.exists():
+            raise UserError(f"the {name} run stopped before training (exit status {procs[name].returncode}); "
+                            f"its error is printed above")
+        metas[name] = read_json(meta_path)
+    return metas
+
+
+def _echo(name: str, stream) -> None:
+    for line in stream:
+        print(f"  [{name}] {line}", end="", flush=True)
+
+
+def summary(cfgs, metas, wall, argv, how) -> str:
     env = next(iter(metas.values()))
     lines = ["# Reproducing the d2l Batch Normalization tutorial", "",
              "LeNet (sigmoid, avg-pool, BN after every conv/linear but the last) on Fashion-MNIST, SGD lr 1.0, "
@@ -90,6 +175,7 @@ def summary(cfgs, metas, wall, argv) -> str:
     lines += ["## Provenance", "",
               f"- command: `python experiments/reproduce.py {' '.join(argv)}` (or `make reproduce`)",
               f"- wall time of the whole reproduction (data load, both runs, evaluation, files): {wall:.0f} s",
+              f"- how: {how}; examples/sec is each run's own rate while it ran that way",
               f"- hardware: {env['device_name']} ({env['device']}, {env['threads']} threads); CPU {env['cpu']}",
               f"- versions: Python {env['python']}, torch {env['torch']}, torchvision {env['torchvision']}",
               f"- platform: {env['platform']}", f"- git commit: {env['git_commit']}",
