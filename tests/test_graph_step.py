@@ -128,3 +128,14 @@ def test_config_key_is_off_by_default_and_typed():
         config.resolve(None, ["train.cuda_graph=1"])
     with pytest.raises(ConfigError, match="train.cuda_graph must be bool"):
         config.resolve(None, ['train.cuda_graph="yes"'])
+
+
+def test_benchmark_adds_a_graph_loop_on_cuda_only():
+    from bn_lenet.benchmark import loop_settings
+    cpu = loop_settings(["train.lr=0.5"], compiled_too=True, bf16_too=False, device=torch.device("cpu"))
+    assert list(cpu) == ["project", "project+compile"]
+    cuda = loop_settings(["train.lr=0.5"], compiled_too=True, bf16_too=True, device=torch.device("cuda"))
+    assert cuda["project+graph"] == ["train.lr=0.5", "train.cuda_graph=true"]
+    assert cuda["project+graph+bf16"] == ["train.lr=0.5", "train.cuda_graph=true", "train.precision=bf16"]
+    for overrides in cuda.values():
+        config.resolve(None, overrides)  # every loop's settings are a valid config
