@@ -148,19 +148,29 @@ def profile_step(cfg, device, steps=20, top=12) -> list:
 
 # --- running and summarizing ---------------------------------------------------------------------------
 
-def run(norms=("scratch", "torch", "none"), epochs=10, limit_batches=0, device="auto", seed=0, overrides=(),
-        tutorial_epochs=None, compiled_too=False, bf16_too=False, tutorial_too=True, profile=False, reproduce=False,
-        log=print) -> dict:
-    """Run every variant round robin; returns the report (see module docstring). For the tutorial's two
-    norms, ``compiled_too`` adds the project's loop with ``train.compile=true`` ("project+compile") and
-    ``bf16_too`` the same loops under bf16 autocast ("...+bf16")."""
-    device = resolve_device(device)
-    base_threads = torch.get_num_threads()
+def loop_settings(overrides, compiled_too: bool, bf16_too: bool, device: torch.device) -> dict:
+    """{loop name: config overrides} of the project's loops. Besides "project", for the tutorial's two norms:
+    ``compiled_too`` adds ``train.compile=true`` ("project+compile"); on CUDA, "project+graph" has
+    ``train.cuda_graph=true`` (the whole step replayed from a CUDA graph; CPU has no graphs); ``bf16_too``
+    adds each of these under bf16 autocast ("...+bf16")."""
     settings = {"project": list(overrides)}
     if compiled_too:
         settings["project+compile"] = [*overrides, "train.compile=true"]
+    if device.type == "cuda":
+        settings["project+graph"] = [*overrides, "train.cuda_graph=true"]
     if bf16_too:
         settings.update({f"{loop}+bf16": [*extra, "train.precision=bf16"] for loop, extra in settings.items()})
+    return settings
+
+
+def run(norms=("scratch", "torch", "none"), epochs=10, limit_batches=0, device="auto", seed=0, overrides=(),
+        tutorial_epochs=None, compiled_too=False, bf16_too=False, tutorial_too=True, profile=False, reproduce=False,
+        log=print) -> dict:
+    """Run every variant round robin; returns the report (see module docstring). The project's loops are
+    those of ``loop_settings``."""
+    device = resolve_device(device)
+    base_threads = torch.get_num_threads()
+    settings = loop_settings(overrides, compiled_too, bf16_too, device)
     runs, run_configs = {}, {}
     for norm in norms:
         if tutorial_too and norm in TUTORIAL_NORMS:
@@ -196,8 +206,10 @@ def run(norms=("scratch", "torch", "none"), epochs=10, limit_batches=0, device="
         report["memory"]["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     if profile:
         log("  profiling the project's step ...")
+        # profile_step times eager or compiled steps: a graph's replay is one launch, not an op table
         report["profiles"] = {f"{loop} {norm}": profile_step(run_configs[(loop, norm)], device)
-                              for loop, norm in run_configs if norm in TUTORIAL_NORMS}
+                              for loop, norm in run_configs
+                              if norm in TUTORIAL_NORMS and not run_configs[(loop, norm)].train.cuda_graph}
     if reproduce:
         log("  timing the full reproduction (experiments/reproduce.py) in a fresh process ...")
         report["reproduction"] = time_reproduction(list(overrides))

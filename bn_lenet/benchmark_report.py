@@ -53,7 +53,11 @@ def markdown(report) -> str:
              "a time in turn, in one "
              "process. 'project+compile': train.compile=true, compile time in its first epoch and e2e, "
              + ("compiled cold (fresh inductor cache, as a first run)." if report["cold_compile"]
-                else "with the usual inductor cache (warm if compiled before)."),
+                else "with the usual inductor cache (warm if compiled before).")
+             + (" 'project+graph': train.cuda_graph=true, the whole step replayed from a CUDA graph; its warm-up "
+                "and capture (once per epoch here: the benchmark calls fit() per epoch) count in the epoch's "
+                "seconds and e2e, not in examples/sec."
+                if any("graph" in v["loop"] for v in report["variants"]) else ""),
              f"Project settings: {', '.join(report['overrides']) or 'the configs as shipped'}.", "",
              "| " + " | ".join(h for h, _, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for v in report["variants"]:

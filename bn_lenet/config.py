@@ -34,6 +34,8 @@ class TrainConfig:
     device: str = "auto"           # "auto" (cuda if available) | "cpu" | "cuda" | "cuda:N"
     limit_batches: int = 0         # train on at most this many batches per epoch; 0 = all (quick runs, tests)
     compile: bool = False          # torch.compile the training step
+    cuda_graph: bool = False       # capture the whole step (forward, backward, SGD) in a CUDA graph for the
+                                   # full-size batches (graph_step.py); ignored on CPU. Off: never run on a GPU here
     precision: str = "fp32"        # "fp32" | "bf16" (autocast; BN statistics stay fp32)
     threads: int = 0               # CPU threads for torch; 0 = torch's default
 

@@ -9,7 +9,9 @@ per epoch, so nothing inside an epoch waits for the device (the progress bar, wh
 every ``PROGRESS_EVERY`` steps). The fast path, each piece measured by ``bn-lenet benchmark``
 (results/benchmark/): the scratch BN's hand-written backward (batchnorm.py); ``train.compile`` compiles the
 model for the full-size batches, the last partial batch runs eagerly (no second compile for its shape);
-on CPU, glibc's allocator keeps freed memory instead of returning it to the OS every step.
+on CPU, glibc's allocator keeps freed memory instead of returning it to the OS every step. On CUDA,
+``train.cuda_graph`` replays the whole step from a CUDA graph for the full-size batches (graph_step.py; off
+by default: not yet run on a GPU in this project).
 """
 
 import contextlib
@@ -79,9 +81,10 @@ def sync(device: torch.device) -> None:
 
 def autocast(device: torch.device, precision: str):
     """bf16 autocast for conv/linear; our BN computes its statistics in fp32 (see batchnorm.py), as
-    nn.BatchNorm does."""
+    nn.BatchNorm does. No weight-cast cache: LeNet casts each weight once per forward anyway, and capturing
+    the step in a CUDA graph (graph_step.py) needs it off."""
     if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
+        return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
     return contextlib.nullcontext()
 
 
@@ -186,6 +189,7 @@ def fit(model: nn.Module, data: FashionMNIST, cfg, optimizer=None, start_epoch: 
     ``on_epoch(stats)`` runs after each finished epoch (the run directory saves there). A non-finite loss
     raises Diverged before on_epoch; ``should_stop()`` true at a batch boundary raises Interrupted.
     """
+    from . import graph_step  # here, not at the top: graph_step builds on train_step
     t, device = cfg.train, data.train_labels.device
     optimizer = optimizer or make_optimizer(model, t.lr)
     if device.type == "cpu":
@@ -196,13 +200,24 @@ def fit(model: nn.Module, data: FashionMNIST, cfg, optimizer=None, start_epoch: 
     full_size = torch.compile(model) if t.compile else model
     n = data.train_labels.shape[0]
     batches = num_batches(n, t.batch_size, t.limit_batches)
+    # Summed loss and correct count of the epoch, zeroed in place at each epoch start (a CUDA graph adds
+    # into them at fixed addresses).
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    static_step = None
     history = []
     for epoch in range(start_epoch + 1, t.epochs + 1):
         started = time.perf_counter()
         model.train()
+        if static_step is None and graph_step.wanted(t, device) and n >= t.batch_size:  # train.cuda_graph
+            # Warm-up and capture, once per fit(): counted in this epoch's seconds, not in its examples/sec.
+            # Before the accumulators are zeroed: the warm-up steps add into them.
+            static_step = graph_step.make_static_step(model, full_size, optimizer, data.train_images,
+                                                      data.train_labels, t.batch_size, t.precision, loss_sum,
+                                                      correct)
         order = epoch_order(n, t.seed, epoch, device)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), dtype=torch.long, device=device)
+        loss_sum.zero_()
+        correct.zero_()
         seen = 0
         bar = _progress_bar(progress, batches, epoch, t.epochs)
         sync(device)
@@ -211,11 +226,15 @@ def fit(model: nn.Module, data: FashionMNIST, cfg, optimizer=None, start_epoch: 
             if should_stop():
                 raise Interrupted(epoch, b)
             idx = order[b * t.batch_size:(b + 1) * t.batch_size]
-            batch_loss, batch_correct = train_step(full_size if idx.shape[0] == t.batch_size else model,
-                                                   optimizer, to_float(data.train_images[idx]),
-                                                   data.train_labels[idx], t.precision)
-            loss_sum += batch_loss
-            correct += batch_correct
+            full = idx.shape[0] == t.batch_size
+            if full and static_step is not None:
+                static_step(idx)  # the same train_step, replayed from the graph; adds into loss_sum, correct
+            else:
+                batch_loss, batch_correct = train_step(full_size if full else model, optimizer,
+                                                       to_float(data.train_images[idx]), data.train_labels[idx],
+                                                       t.precision)
+                loss_sum += batch_loss
+                correct += batch_correct
             seen += idx.shape[0]
             if bar is not None:
                 bar.update(1)
