@@ -20,6 +20,7 @@ Output (benchmark_report.py): a table on stdout, ``results/benchmark/<device-kin
 
 import contextlib
 import dataclasses
+import json
 import os
 import resource
 import statistics
@@ -86,25 +87,44 @@ def startup_seconds() -> float:
 
 
 def time_reproduction(overrides) -> dict:
-    """Wall time and peak RSS of the real reproduction (both variants, 10 epochs) in a fresh process."""
+    """Wall time and peak memory of the real reproduction (both variants, 10 epochs) in a fresh process, and
+    its final metrics. On CPU it trains the variants in child processes side by side: the memory is the sum
+    of every process's own peak (an upper bound of what they held at once)."""
     with tempfile.TemporaryDirectory() as out, tempfile.TemporaryFile("w+") as log:
         cmd = [sys.executable, "experiments/reproduce.py", "--quiet", "--out", out]
         for o in overrides:
             cmd += ["--set", o]
         t = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
-        peak = 0.0
-        while proc.poll() is None:  # its high-water mark, read until it exits (ru_maxrss of a child
-            peak = max(peak, peak_rss_mb(proc.pid))  # would include this big parent's, inherited at fork)
+        peaks = {}
+        while proc.poll() is None:  # high-water marks, read until it exits (ru_maxrss of a child would
+            for pid in process_tree(proc.pid):  # include this big parent's, inherited at fork)
+                peaks[pid] = max(peaks.get(pid, 0.0), peak_rss_mb(pid))
             time.sleep(0.2)
         wall = time.perf_counter() - t
         log.seek(0)
         output = log.read()
-    if proc.returncode != 0:
-        raise RuntimeError(f"reproduction failed (exit {proc.returncode}):\n{output[-2000:]}")
+        if proc.returncode != 0:
+            raise RuntimeError(f"reproduction failed (exit {proc.returncode}):\n{output[-2000:]}")
+        results = {}
+        for metrics in sorted(Path(out).glob("*/metrics.jsonl")):
+            last = json.loads(metrics.read_text().splitlines()[-1])
+            results[metrics.parent.name] = {k: last[k] for k in ("loss", "train_acc", "test_acc")}
     return {"command": " ".join(cmd[1:3] + [f"--set {o}" for o in overrides]), "wall_seconds": wall,
-            "peak_rss_mb": peak, "last_lines": [line.strip() for line in output.splitlines()
-                                                if line.startswith("  loss")]}
+            "peak_rss_mb": sum(peaks.values()), "processes": len(peaks), "results": results}
+
+
+def process_tree(pid: int) -> list:
+    """pid and its descendants (Linux /proc; just pid elsewhere)."""
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        try:
+            todo += [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
+        except (OSError, ValueError):
+            pass
+    return tree
 
 
 def peak_rss_mb(pid) -> float:

@@ -68,7 +68,9 @@ def markdown(report) -> str:
         r = report["reproduction"]
         lines.append(f"Full reproduction, `{r['command']}` in a fresh process: **{r['wall_seconds']:.1f} s** wall "
                      f"(start-up, data, both variants, evaluation, run files, plots), peak RSS "
-                     f"{r['peak_rss_mb']:.0f} MB. Its results: " + "; ".join(r["last_lines"]) + ".")
+                     f"{r['peak_rss_mb']:.0f} MB (sum of its {r['processes']} processes' peaks). Its results: "
+                     + "; ".join(f"{name} loss {m['loss']:.3f}, train acc {m['train_acc']:.3f}, test acc "
+                                 f"{m['test_acc']:.3f}" for name, m in r["results"].items()) + ".")
     for name, ops in report.get("profiles", {}).items():
         lines += ["", f"Profile, {name} (torch.profiler, self time per training step):", "",
                   "| op | ms/step | % |", "|---|---|---|"]

@@ -5,10 +5,11 @@ time, the command), and per variant the metrics, gamma/beta, curves.png and bn_p
 The full run directories (with checkpoints) stay under results/runs/ (not committed).
 
 On a CPU with 2 or more cores the two runs train side by side, each a `bn-lenet run` process with half the
-cores (``--jobs 2``, the default there): LeNet's small batches keep two threads only partly busy (one
-process with 2 threads trained ~13k examples/sec here, with 1 thread ~10k), so two 1-thread processes finish
-both runs sooner than one after the other. ``--jobs 1`` trains them one after the other in this process
-(the default on a GPU).
+cores (``--jobs 2``, the default there): LeNet's small batches keep two threads only partly busy, so two
+1-thread processes finish both runs sooner than one 2-thread process running them one after the other.
+Measured on the 2-core CPU (results/reproduce/summary.md): side by side 10,298 + 10,413 examples/sec, 68 s
+for the whole script; ``--jobs 1`` 15,034 and 13,986 examples/sec, 92 s. ``--jobs 1`` trains them one after
+the other in this process (the default on a GPU).
 
     python experiments/reproduce.py [--set section.key=value ...] [--out results/reproduce] [--jobs N]
 """

@@ -2,6 +2,7 @@
 after the other; a stop reaches both side-by-side runs, which keep their finished epochs."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -57,3 +58,14 @@ def test_a_stop_reaches_both_side_by_side_runs_which_keep_their_epochs(tmp_path)
         assert meta["status"] == "interrupted" and meta["epochs_done"] >= 1, (name, meta)
         assert f"error: {name} did not finish (interrupted)" in out
     assert sorted(run_dirs(tmp_path)) == ["scratch_bn", "torch_bn"]
+
+
+def test_the_benchmark_times_the_real_reproduction_and_reads_its_results():
+    from bn_lenet.benchmark import time_reproduction
+    r = time_reproduction(["train.limit_batches=2", "train.epochs=1"])
+    assert sorted(r["results"]) == ["scratch_bn", "torch_bn"]
+    assert all(0 < m["loss"] < 3 and 0 <= m["test_acc"] <= 1 for m in r["results"].values())
+    side_by_side = len(os.sched_getaffinity(0)) >= 2
+    assert r["processes"] == (3 if side_by_side else 1)  # the reproduction and, side by side, its two runs
+    assert r["peak_rss_mb"] > 100 * r["processes"]  # each process holds torch
+    assert r["wall_seconds"] > 0
