@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .batchnorm import BatchNorm
+from .pool import AvgPool2x2
 
 NORMS = ("scratch", "torch", "none")
 
@@ -27,6 +28,7 @@ def lenet(norm: str = "scratch", **bn_options) -> nn.Sequential:
     linear(256,120) BN sigmoid, linear(120,84) BN sigmoid, linear(84,10). Input (N, 1, 28, 28).
 
     ``bn_options`` go to every BN layer (e.g. ``momentum``, ``unbiased`` for the scratch layer).
+    The avg-pool is ``pool.AvgPool2x2``: nn.AvgPool2d(2, 2)'s values, faster on CPU.
     Weights are Xavier-uniform initialized as in the tutorial (see ``init_weights``).
     """
     if norm not in NORMS:
@@ -37,9 +39,9 @@ def lenet(norm: str = "scratch", **bn_options) -> nn.Sequential:
 
     net = nn.Sequential(OrderedDict([
         ("conv1", block(("conv", nn.Conv2d(1, 6, kernel_size=5)), *_norm_layer(norm, 6, 4, bn_options),
-                        ("act", nn.Sigmoid()), ("pool", nn.AvgPool2d(2, 2)))),
+                        ("act", nn.Sigmoid()), ("pool", AvgPool2x2()))),
         ("conv2", block(("conv", nn.Conv2d(6, 16, kernel_size=5)), *_norm_layer(norm, 16, 4, bn_options),
-                        ("act", nn.Sigmoid()), ("pool", nn.AvgPool2d(2, 2)))),
+                        ("act", nn.Sigmoid()), ("pool", AvgPool2x2()))),
         ("flatten", nn.Flatten()),
         ("fc1", block(("linear", nn.Linear(16 * 4 * 4, 120)), *_norm_layer(norm, 120, 2, bn_options),
                       ("act", nn.Sigmoid()))),

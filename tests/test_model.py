@@ -4,6 +4,7 @@ from torch import nn
 
 from bn_lenet.batchnorm import BatchNorm
 from bn_lenet.model import bn_layers, bn_params, copy_weights, lenet
+from bn_lenet.pool import AvgPool2x2
 
 
 def test_lenet_shapes_follow_the_tutorial():
@@ -50,3 +51,20 @@ def test_copy_weights_makes_scratch_and_torch_lenets_compute_the_same_function()
     copy_weights(a, b)
     x = torch.rand(8, 1, 28, 28, dtype=torch.double)
     torch.testing.assert_close(a(x), b(x))
+
+
+@pytest.mark.parametrize("shape", [(8, 6, 24, 24), (8, 16, 8, 8), (3, 2, 7, 9)])  # the last: odd, falls back
+def test_our_2x2_avg_pool_gives_nn_AvgPool2d_values_and_gradients(shape):
+    x = torch.randn(shape, dtype=torch.double, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_()
+    y, y2 = AvgPool2x2()(x), nn.AvgPool2d(2, 2)(x2)
+    up = torch.randn_like(y2).transpose(-1, -2).contiguous().transpose(-1, -2)  # a non-contiguous gradient
+    (y * up).sum().backward()
+    (y2 * up).sum().backward()
+    torch.testing.assert_close(y, y2, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-12, atol=1e-12)
+
+
+def test_lenet_pools_with_our_2x2_avg_pool():
+    net = lenet("torch")
+    assert isinstance(net.conv1.pool, AvgPool2x2) and isinstance(net.conv2.pool, AvgPool2x2)

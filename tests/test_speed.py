@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from bn_lenet import batchnorm, config
 from bn_lenet.data import FashionMNIST, epoch_order, num_batches, to_float
@@ -76,6 +77,7 @@ def test_fast_path_and_plain_loop_agree_on_epoch_1(small, monkeypatch, norm, com
     monkeypatch.setattr(batchnorm, "batch_norm", plain_batch_norm)
     torch.manual_seed(1)
     plain = lenet(norm)
+    plain.conv1.pool, plain.conv2.pool = nn.AvgPool2d(2, 2), nn.AvgPool2d(2, 2)  # PyTorch's pool, not ours
     loss, train_acc, test_acc = plain_epoch(plain, small, cfg)
     assert stats.loss == pytest.approx(loss, rel=1e-4)
     assert stats.train_acc == pytest.approx(train_acc, abs=2 / 600)  # at most 2 argmax ties flip
