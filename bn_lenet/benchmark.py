@@ -10,7 +10,8 @@ Every variant (loop x norm) is a run of ``epochs`` epochs; the runs advance one 
   timed once and added to every run) + the run's setup (data, model) + every epoch (steps, evaluation);
 - the final loss, train accuracy and test accuracy, so the speed is seen next to what was trained.
 
-Then the ratios project/tutorial and scratch/built-in, peak memory, device, CPU model, threads, versions.
+Then the ratios project/tutorial and scratch/built-in (paired by round, see ``ratios``), peak memory,
+device, CPU model, threads, versions.
 Optionally (``--reproduce``) it also times the real reproduction, ``experiments/reproduce.py``, in a
 subprocess (start-up, data, both variants, evaluation, files and plots: the 90-second target).
 
@@ -252,16 +253,26 @@ def summarize(loop, norm, r, startup) -> dict:
 
 
 def ratios(variants) -> dict:
-    rate = {(v["loop"], v["norm"]): v["examples_per_sec"] for v in variants}
+    """project/tutorial per norm and scratch/torch per loop, each paired by round: the median over the rounds
+    both runs measured (epochs 2.. they share) of the ratio of their examples/sec in that round. Runs advance
+    in turn, so a round's two epochs ran minutes apart at most; pairing cancels the machine's slow and fast
+    spells, which a ratio of medians over different rounds (the tutorial runs fewer epochs) does not."""
+    rate = {(v["loop"], v["norm"]): v["examples_per_sec_per_epoch"] for v in variants}
     loops = list(dict.fromkeys(v["loop"] for v in variants))
+
+    def paired(a, b):
+        shared = min(len(rate[a]), len(rate[b]))
+        first = 1 if shared > 1 else 0  # epoch 1 warms up
+        return statistics.median(x / y for x, y in zip(rate[a][first:shared], rate[b][first:shared]))
+
     out = {}
     for loop in loops:
         for norm in TUTORIAL_NORMS:
             if loop != "tutorial" and (loop, norm) in rate and ("tutorial", norm) in rate:
-                out[f"{loop}/tutorial {norm}"] = rate[(loop, norm)] / rate[("tutorial", norm)]
+                out[f"{loop}/tutorial {norm}"] = paired((loop, norm), ("tutorial", norm))
     for loop in loops:
         if (loop, "scratch") in rate and (loop, "torch") in rate:
-            out[f"scratch/torch {loop}"] = rate[(loop, "scratch")] / rate[(loop, "torch")]
+            out[f"scratch/torch {loop}"] = paired((loop, "scratch"), (loop, "torch"))
     return out
 
 
@@ -292,8 +303,8 @@ def add_arguments(p) -> None:
     p.add_argument("--quick", action="store_true", help="a check in seconds: 2 epochs of 20 batches, no "
                    "reproduction; writes <device-kind>-quick.json/.md")
     p.add_argument("--epochs", type=int, help="epochs per run (default 10; --quick: 2)")
-    p.add_argument("--tutorial-epochs", type=int, help="epochs of the tutorial's runs (default 3, the slowest "
-                   "rows: 1 warm-up + 2 measured; --quick: as --epochs)")
+    p.add_argument("--tutorial-epochs", type=int, help="epochs of the tutorial's runs (default 5, the slowest "
+                   "rows: 1 warm-up + 4 measured; --quick: as --epochs)")
     p.add_argument("--batches", type=int, help="batches per epoch, 0 = all (default 0; --quick: 20)")
     p.add_argument("--norms", default="scratch,torch,none", help="comma-separated (default scratch,torch,none)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda")
@@ -328,7 +339,7 @@ def run_from_args(args, command: str) -> int:
         raise UserError(f"--norms {args.norms!r}: give a comma-separated list of {', '.join(CONFIGS)}")
     epochs = args.epochs if args.epochs is not None else (2 if args.quick else 10)
     batches = args.batches if args.batches is not None else (20 if args.quick else 0)
-    tutorial_epochs = args.tutorial_epochs if args.tutorial_epochs is not None else (epochs if args.quick else 3)
+    tutorial_epochs = args.tutorial_epochs if args.tutorial_epochs is not None else (epochs if args.quick else 5)
     if epochs < 1 or tutorial_epochs < 1 or batches < 0:
         raise UserError("--epochs and --tutorial-epochs must be >= 1, --batches >= 0 (0 = all)")
     reproduce = args.reproduce if args.reproduce is not None else not args.quick

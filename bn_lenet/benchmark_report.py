@@ -62,7 +62,9 @@ def markdown(report) -> str:
              "| " + " | ".join(h for h, _, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for v in report["variants"]:
         lines.append("| " + " | ".join(f.format(**v) for _, _, f in COLUMNS) + " |")
-    lines += ["", "Ratios: " + ", ".join(f"{k} **{x:.2f}x**" for k, x in report["ratios"].items()), "",
+    lines += ["", "Ratios (paired by round: the median, over the epochs 2.. both runs measured, of their "
+              "examples/sec ratio in that round): "
+              + ", ".join(f"{k} **{x:.2f}x**" for k, x in report["ratios"].items()), "",
               f"Memory: {m['benchmark_process_peak_rss_mb']:.0f} MB, {m['method']}."]
     if "reproduction" in report:
         r = report["reproduction"]

@@ -148,3 +148,16 @@ def test_benchmark_quick_mode_writes_a_table_and_both_files(tmp_path):
     assert report["memory"]["benchmark_process_peak_rss_mb"] > 100  # torch alone takes more
     md = (tmp_path / "cpu-quick.md").read_text()
     assert "QUICK MODE" in md and "| tutorial | scratch |" in md and report["environment"]["cpu"] in md
+
+
+def test_ratios_pair_the_rounds_both_runs_measured_so_a_slow_spell_later_does_not_count():
+    from bn_lenet.benchmark import ratios
+
+    def v(loop, norm, rates):
+        return {"loop": loop, "norm": norm, "examples_per_sec_per_epoch": rates}
+    # The tutorial ran 3 epochs while the machine was fast; the project went on for 10, then it slowed down.
+    variants = [v("tutorial", "scratch", [9.0, 10.0, 10.0]), v("project", "scratch", [25.0, 30.0, 30.0] + [15.0] * 7),
+                v("project", "torch", [25.0, 20.0, 60.0] + [30.0] * 7)]
+    r = ratios(variants)
+    assert r["project/tutorial scratch"] == 3.0  # not 15 / 10 from the medians of different rounds
+    assert r["scratch/torch project"] == 0.5     # median of 1.5, 0.5, 0.5, ... over epochs 2..10
