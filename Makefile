@@ -24,7 +24,7 @@ reproduce: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
-# The tutorial's loop against the project's, in one process: results/benchmark/<device>.json and .md (~6 min).
+# The tutorial's loop against the project's, in one process: results/benchmark/<device>.json and .md (~7 min).
 benchmark: setup
 	$(BIN)/python -m bn_lenet benchmark
 
