@@ -7,8 +7,8 @@ The full run directories (with checkpoints) stay under results/runs/ (not commit
 On a CPU with 2 or more cores the two runs train side by side, each a `bn-lenet run` process with half the
 cores (``--jobs 2``, the default there): LeNet's small batches keep two threads only partly busy, so two
 1-thread processes finish both runs sooner than one 2-thread process running them one after the other.
-Measured on the 2-core CPU at a20aaa0 (results/reproduce/summary.md): side by side 12,007 + 11,806
-examples/sec, 59 s for the whole script; ``--jobs 1`` 13,708 and 16,034 examples/sec, 89 s. ``--jobs 1`` trains them one after
+Measured on the 2-core CPU at 017de73, back to back: side by side 11,294 + 11,593 examples/sec, 63 s for the
+whole script; ``--jobs 1`` 18,652 and 17,919 examples/sec, 74 s (at a20aaa0: 59 s against 89 s). ``--jobs 1`` trains them one after
 the other in this process (the default on a GPU).
 
     python experiments/reproduce.py [--set section.key=value ...] [--out results/reproduce] [--jobs N]
