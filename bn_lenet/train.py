@@ -7,7 +7,8 @@ examples/sec counts the training steps only (not data preparation or evaluation)
 Speed: the data already lives on the device; loss and correct counts accumulate there and are read once
 per epoch, so nothing inside an epoch waits for the device (the progress bar, when shown, reads them
 every ``PROGRESS_EVERY`` steps). The fast path, each piece measured by ``bn-lenet benchmark``
-(results/benchmark/): the scratch BN's hand-written backward (batchnorm.py); ``train.compile`` compiles the
+(results/benchmark/): the scratch BN's hand-written backward (batchnorm.py); LeNet's own 2x2 avg-pool on
+CPU (pool.py); ``train.compile`` compiles the
 model for the full-size batches, the last partial batch runs eagerly (no second compile for its shape);
 on CPU, glibc's allocator keeps freed memory instead of returning it to the OS every step. On CUDA,
 ``train.cuda_graph`` replays the whole step from a CUDA graph for the full-size batches (graph_step.py; off
