@@ -1,4 +1,5 @@
-"""The training loop: fit(), evaluate(), and re-estimating BN statistics ("precise BN").
+"""The training loop: fit(), evaluate(), re-estimating BN statistics ("precise BN"), test accuracy with batch
+statistics (eval.batch_stats) and gradient norms (log.grad_norms).
 
 Metrics follow the tutorial: train loss and accuracy are averages over the epoch's batches in train mode
 (the model changes while they are measured), test accuracy is measured in eval mode after the epoch,
@@ -27,8 +28,8 @@ from torch import nn
 
 from .data import FashionMNIST, epoch_order, num_batches, to_float
 from .errors import UserError
-from .model import bn_layers, moving_stats
-from .batchnorm import BatchNorm, channel_dims
+from .model import bn_layers, gamma_beta, is_norm, moving_stats
+from .batchnorm import BatchNorm, channel_dims, ghost_sizes
 
 PROGRESS_EVERY = 25
 
@@ -42,6 +43,7 @@ class EpochStats:
     examples_per_sec: float    # training steps only, as the tutorial times them
     seconds: float             # wall time of the whole epoch, evaluation included
     test_acc_precise: float | None = None   # with BN statistics re-estimated (eval.precise_bn)
+    test_acc_batch_stats: float | None = None  # with each test batch's own BN statistics (eval.batch_stats)
 
     def row(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -109,13 +111,16 @@ def keep_freed_memory() -> bool:
         return False
 
 
-def train_step(model, optimizer, images, labels, precision="fp32"):
-    """One SGD step; returns (summed loss over the batch, correct count), both still on the device."""
+def train_step(model, optimizer, images, labels, precision="fp32", grad_norms=None):
+    """One SGD step; returns (summed loss over the batch, correct count), both still on the device.
+    ``grad_norms`` (a GradNorms, or None) adds this step's gradient norms, before the update."""
     with autocast(images.device, precision):
         logits = model(images)
     loss = F.cross_entropy(logits.float(), labels)  # mean over the batch, as the tutorial
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if grad_norms is not None:
+        grad_norms.add()
     optimizer.step()
     return loss.detach() * labels.shape[0], (logits.argmax(dim=1) == labels).sum()
 
@@ -133,19 +138,88 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
     return correct.item() / labels.shape[0]  # the one host sync
 
 
+class GradNorms:
+    """log.grad_norms: for every conv/linear weight and every trained gamma and beta, the mean over an epoch's
+    steps of its gradient's L2 norm. The norms of a step are added into one tensor on the device; ``row``
+    reads it once per epoch. Names are module name + role, the same for every norm kind: ``conv1.conv.weight``,
+    ``conv1.bn.gamma``, ``conv1.bn.beta`` (nn.BatchNorm's and GroupNorm's weight/bias are called gamma/beta
+    here too), ``fc3.weight``. A gamma or beta fixed by bn.scale/bn.center has no gradient and is left out."""
+
+    def __init__(self, model: nn.Module):
+        self.names, self.params = [], []
+        for name, module in model.named_modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                self.names.append(f"{name}.weight")
+                self.params.append(module.weight)
+            elif is_norm(module):
+                for label, t in zip(("gamma", "beta"), gamma_beta(module)):
+                    if isinstance(t, nn.Parameter):
+                        self.names.append(f"{name}.{label}")
+                        self.params.append(t)
+        self.sums = torch.zeros(len(self.params), device=self.params[0].device)
+        self.steps = 0
+
+    def start_epoch(self) -> None:
+        self.sums.zero_()
+        self.steps = 0
+
+    @torch.no_grad()
+    def add(self) -> None:
+        self.sums += torch.stack([torch.linalg.vector_norm(p.grad.float()) for p in self.params])
+        self.steps += 1
+
+    def row(self, epoch: int) -> dict:
+        """{"epoch": epoch, name: mean norm, ...} for the epoch so far (one host sync)."""
+        return {"epoch": epoch, **dict(zip(self.names, (self.sums / max(self.steps, 1)).tolist()))}
+
+
+@torch.no_grad()
+def batch_stats_test_acc(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
+                         precision: str = "fp32") -> float:
+    """eval.batch_stats: test accuracy with every test batch normalized by its own statistics, as BN does in
+    training. ``batch_size`` should be train.batch_size, the batch size BN saw in training (a layer with
+    bn.ghost_batch splits each batch into its ghost groups, as in training); a last batch of one example joins
+    the one before. Every buffer (moving statistics, num_batches_tracked) is saved before and put back after,
+    so neither training nor the usual eval-mode test accuracy is affected. No gradient."""
+    buffers = list(model.buffers())
+    saved = [b.clone() for b in buffers]
+    was_training = model.training
+    model.train()  # batch statistics (LeNet has no dropout: only the BN layers change behaviour)
+    correct = torch.zeros((), dtype=torch.long, device=labels.device)
+    try:
+        start = 0
+        for size in ghost_sizes(labels.shape[0], batch_size):
+            with autocast(images.device, precision):
+                logits = model(to_float(images[start:start + size]))
+            correct += (logits.argmax(dim=1) == labels[start:start + size]).sum()
+            start += size
+    finally:
+        for b, s in zip(buffers, saved):
+            b.copy_(s)
+        model.train(was_training)
+    return correct.item() / labels.shape[0]  # the one host sync
+
+
 @torch.no_grad()
 def reestimate_bn(model: nn.Module, images: torch.Tensor, batch_size: int, max_batches: int = 0) -> None:
     """Precise BN: replace every BN layer's moving statistics by the average of per-batch statistics over
     training batches, with the weights fixed (as torch.optim.swa_utils.update_bn, but for the scratch
-    layer too). Each layer keeps its own variance convention (biased or unbiased)."""
+    layer too). Each layer keeps its own variance convention (biased or unbiased). A layer with bn.ghost_batch
+    takes each batch's statistics as its moving update does: the mean over the ghost groups of theirs."""
     sums, hooks = {}, []
 
     def hook_for(name, layer):
         unbiased = layer.unbiased if isinstance(layer, BatchNorm) else True  # nn.BatchNorm stores unbiased
+        ghost = layer.ghost_batch if isinstance(layer, BatchNorm) else 0
 
         def hook(_module, inputs):
             x = inputs[0].float()
-            var, mean = torch.var_mean(x, dim=channel_dims(x.ndim), correction=1 if unbiased else 0)
+            if ghost:
+                groups = [torch.var_mean(part, dim=channel_dims(x.ndim), correction=1 if unbiased else 0)
+                          for part in x.split(ghost_sizes(x.shape[0], ghost))]
+                var, mean = (torch.stack(t).mean(0) for t in zip(*groups))
+            else:
+                var, mean = torch.var_mean(x, dim=channel_dims(x.ndim), correction=1 if unbiased else 0)
             s = sums.setdefault(name, [torch.zeros_like(mean), torch.zeros_like(var), 0])
             s[0] += mean
             s[1] += var
@@ -184,11 +258,13 @@ def precise_test_acc(model, data: FashionMNIST, batch_size: int, max_batches: in
 
 
 def fit(model: nn.Module, data: FashionMNIST, cfg, optimizer=None, start_epoch: int = 0, on_epoch=None,
-        progress: bool = False, should_stop=lambda: False) -> list:
+        progress: bool = False, should_stop=lambda: False, grad_norms=None) -> list:
     """Train ``model`` on ``data`` (already on the model's device) for epochs start_epoch+1 .. cfg.train.epochs.
 
     ``on_epoch(stats)`` runs after each finished epoch (the run directory saves there). A non-finite loss
     raises Diverged before on_epoch; ``should_stop()`` true at a batch boundary raises Interrupted.
+    ``grad_norms`` (a GradNorms, for log.grad_norms) is restarted each epoch and fed every step; on_epoch
+    reads its row.
     """
     from . import graph_step  # here, not at the top: graph_step builds on train_step
     t, device = cfg.train, data.train_labels.device
@@ -219,6 +295,8 @@ def fit(model: nn.Module, data: FashionMNIST, cfg, optimizer=None, start_epoch: 
         order = epoch_order(n, t.seed, epoch, device)
         loss_sum.zero_()
         correct.zero_()
+        if grad_norms is not None:
+            grad_norms.start_epoch()
         seen = 0
         bar = _progress_bar(progress, batches, epoch, t.epochs)
         sync(device)
@@ -233,7 +311,7 @@ def fit(model: nn.Module, data: FashionMNIST, cfg, optimizer=None, start_epoch: 
             else:
                 batch_loss, batch_correct = train_step(full_size if full else model, optimizer,
                                                        to_float(data.train_images[idx]), data.train_labels[idx],
-                                                       t.precision)
+                                                       t.precision, grad_norms)
                 loss_sum += batch_loss
                 correct += batch_correct
             seen += idx.shape[0]
@@ -250,6 +328,9 @@ def fit(model: nn.Module, data: FashionMNIST, cfg, optimizer=None, start_epoch: 
         if cfg.eval.precise_bn and math.isfinite(loss):
             stats.test_acc_precise = precise_test_acc(model, data, t.batch_size, cfg.eval.precise_bn_batches,
                                                       cfg.eval.batch_size)
+        if cfg.eval.batch_stats and math.isfinite(loss):
+            stats.test_acc_batch_stats = batch_stats_test_acc(model, data.test_images, data.test_labels,
+                                                              t.batch_size, t.precision)
         stats.seconds = time.perf_counter() - started
         if bar is not None:
             bar.set_postfix(loss=f"{loss:.3f}", acc=f"{train_acc:.3f}", test=f"{test_acc:.3f}")
