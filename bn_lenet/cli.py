@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-dir", help="folder with the four Fashion-MNIST IDX files (default: search)")
     run.add_argument("--quiet", action="store_true", help="no progress bar, only one line per epoch")
 
-    inspect = sub.add_parser("inspect", help="gamma/beta of every BN layer of a run (two runs: side by side)")
+    inspect = sub.add_parser("inspect", help="a run's model and BN options, and gamma/beta of every norm layer "
+                             "(two runs: side by side)")
     inspect.add_argument("runs", nargs="+", metavar="RUN_DIR", help="one or two run directories")
     inspect.add_argument("--values", action="store_true", help="also print every channel's value")
 
@@ -92,8 +93,10 @@ def cmd_inspect(args) -> int:
     runs = [_read_inspectable(run) for run in args.runs]
     for i, (label, run) in enumerate(zip(args.runs, runs)):
         print(f"[{i + 1}] {label}: {_run_line(run)}")
+        for line in run["options"]:
+            print(f"    {line}")
     if not runs[0]["params"]:
-        print(f"{args.runs[0]}: no BN layers (norm = none)")
+        print(f"{args.runs[0]}: no BN layers (no norm layer of any kind in this network)")
         return 0
     print()
     print(format_bn_table([r["params"] for r in runs], args.runs, values=args.values))
@@ -107,15 +110,17 @@ def cmd_inspect(args) -> int:
 def _read_inspectable(run) -> dict:
     """What inspect shows of a run directory (or of a study's copy of one): BN parameters are required."""
     from .config import load
+    from .options import describe
     from .runs import read_json, read_metrics
     run = Path(run)
     if not (run / "bn_params.json").is_file():
         raise UserError(f"{run} is not a run directory with BN parameters (no bn_params.json); "
                         f"give a folder written by `bn-lenet run`")
     optional = lambda name, empty: read_json(run / name) if (run / name).is_file() else empty  # noqa: E731
+    cfg = load(run / "config.toml") if (run / "config.toml").is_file() else None
     return {"params": read_json(run / "bn_params.json"), "history": optional("bn_history.json", []),
             "meta": optional("meta.json", {}), "rows": read_metrics(run),
-            "norm": load(run / "config.toml").model.norm if (run / "config.toml").is_file() else "?"}
+            "norm": cfg.model.norm if cfg else "?", "options": describe(cfg) if cfg else []}
 
 
 def _run_line(run: dict) -> str:
@@ -126,6 +131,8 @@ def _run_line(run: dict) -> str:
         return f"{head}, no finished epoch"
     last = rows[-1]
     precise = f" (precise BN {last['test_acc_precise']:.3f})" if "test_acc_precise" in last else ""
+    if "test_acc_batch_stats" in last:
+        precise += f" (batch stats {last['test_acc_batch_stats']:.3f})"
     return (f"{head}; epoch {last['epoch']}: loss "
             f"{last['loss']:.3f}, train acc {last['train_acc']:.3f}, test acc {last['test_acc']:.3f}{precise}")
 

@@ -146,3 +146,25 @@ def _check_combinations(cfg, defaults) -> None:
     if cfg.log.grad_norms and cfg.train.cuda_graph:
         _refuse("log.grad_norms", True, "cannot be used with train.cuda_graph = true (the gradients live inside "
                 "the captured graph); turn one of them off")
+
+
+def describe(cfg) -> list:
+    """Two lines for ``bn-lenet inspect``: the model's options and the effective normalization options."""
+    m, bn, norm = cfg.model, cfg.bn, cfg.model.norm
+    layers = " ".join(carries_norm(cfg)) or "none"
+    lines = [f"model: norm {norm}, placement {m.placement}, norm layers {layers}, activation {m.activation}, "
+             f"bias {str(m.bias).lower()}"]
+    if not carries_norm(cfg):
+        return lines + ["bn: no norm layer"]
+    eff, on = effective(cfg), lambda flag: str(flag).lower()  # noqa: E731
+    moving = norm in BATCH_NORMS
+    momentum = f"{eff['momentum']}" if moving else "-"
+    if norm == "torch":
+        momentum += f" (nn.BatchNorm momentum {torch_momentum(eff['momentum'])})"
+    groups = {"group": bn.groups, "layer": 1}.get(norm, "-")
+    scratch_only = lambda value: value if norm == "scratch" else "-"  # noqa: E731
+    lines.append(f"bn: preset {preset_of(cfg)}{'' if bn.preset else ' (the norm default)'}, momentum {momentum}, "
+                 f"eps {eff['eps']}, unbiased {on(eff['unbiased']) if moving else '-'}, scale {on(bn.scale)}, "
+                 f"center {on(bn.center)}, normalize {scratch_only(bn.normalize)}, "
+                 f"ghost_batch {scratch_only(bn.ghost_batch or 'off')}, groups {groups}")
+    return lines
