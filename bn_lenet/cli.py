@@ -148,7 +148,7 @@ def format_bn_history(histories: list, max_columns: int = 10) -> str:
     lines = ["mean over channels after each epoch",
              f"{'layer':10} {'param':5} {'':3}" + "".join(f"{'ep ' + str(e):>8}" for e in epochs)]
     lines.append("-" * len(lines[-1]))
-    for layer in histories[0][0]["params"]:
+    for layer in _layers([h[0]["params"] for h in histories]):
         for key in ("gamma", "beta"):
             for i, params in enumerate(by_epoch):
                 cells = [statistics.fmean(params[e][layer][key]) if e in params and layer in params[e] else None
@@ -159,6 +159,12 @@ def format_bn_history(histories: list, max_columns: int = 10) -> str:
     return "\n".join(lines)
 
 
+def _layers(params: list) -> list:
+    """Norm layer names of every run, first run's first (runs with other norms name them differently:
+    conv1.bn, conv1.ln, conv1.gn)."""
+    return list(dict.fromkeys(name for p in params for name in p))
+
+
 def _stats(v: list) -> str:
     return f"{statistics.fmean(v):8.4f} {statistics.pstdev(v):7.4f} {min(v):8.4f} {max(v):8.4f}"
 
@@ -167,10 +173,11 @@ def format_bn_table(params: list, labels: list, values: bool = False) -> str:
     """Per layer and per parameter: mean, std, min, max (one column group per run)."""
     head = "layer      param    n " + " | ".join(f"{'mean':>8} {'std':>7} {'min':>8} {'max':>8}" for _ in params)
     lines = [" | ".join(f"[{i + 1}] {label}" for i, label in enumerate(labels)), head, "-" * len(head)]
-    for layer in params[0]:
+    for layer in _layers(params):
         for key in ("gamma", "beta"):
             cells = [_stats(p[layer][key]) if layer in p else f"{'-':>34}" for p in params]
-            lines.append(f"{layer:10} {key:5} {len(params[0][layer][key]):4d} " + " | ".join(cells))
+            size = next(len(p[layer][key]) for p in params if layer in p)
+            lines.append(f"{layer:10} {key:5} {size:4d} " + " | ".join(cells))
     if values:
         for i, p in enumerate(params):
             for layer in p:

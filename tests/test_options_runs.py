@@ -205,3 +205,13 @@ def test_inspect_of_a_scratch_run_shows_both_option_lines(tmp_path, small_data, 
     text = capsys.readouterr().out
     assert "    model: norm scratch, placement before, norm layers conv1 fc2, activation sigmoid, bias false" in text
     assert "    bn: preset tutorial (the norm default), momentum 0.9, eps 1e-05" in text
+
+
+def test_inspect_side_by_side_lists_the_norm_layers_of_both_runs_when_their_names_differ():
+    from bn_lenet.cli import format_bn_table
+    a = {"conv1.bn": {"gamma": [1.0, 2.0], "beta": [0.0, 0.0]}}
+    b = {"conv1.gn": {"gamma": [3.0, 3.0], "beta": [1.0, 1.0]}}
+    lines = format_bn_table([a, b], ["a", "b"]).splitlines()
+    assert [line.split()[:2] for line in lines[3:]] == [["conv1.bn", "gamma"], ["conv1.bn", "beta"],
+                                                       ["conv1.gn", "gamma"], ["conv1.gn", "beta"]]
+    assert lines[5].rstrip().endswith("3.0000") and "-" in lines[3].split("|")[1]
