@@ -83,11 +83,11 @@ class LogConfig:
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
-    bn: BNConfig = field(default_factory=BNConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    log: LogConfig = field(default_factory=LogConfig)
+    bn: BNConfig = field(default_factory=BNConfig)       # new sections go last: old files and messages keep
+    log: LogConfig = field(default_factory=LogConfig)    # their order
 
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
