@@ -134,9 +134,13 @@ def _check_combinations(cfg, defaults) -> None:
             if getattr(cfg.eval, key):
                 _refuse(f"eval.{key}", True, f"has no effect with model.norm = {norm!r}: it has no batch or "
                         f"moving statistics; set it false")
-    if norm == "none" and cfg.eval.batch_stats:
-        _refuse("eval.batch_stats", True, "has no effect with model.norm = 'none' (no batch statistics)")
-    if norm != "group" and bn.groups != defaults.bn.groups and norm != "none":
+    if not carries_norm(cfg):
+        # eval.precise_bn with model.norm = none was accepted before the options existed: it stays accepted.
+        for key in ("batch_stats",) if norm == "none" else ("precise_bn", "batch_stats"):
+            if getattr(cfg.eval, key):
+                _refuse(f"eval.{key}", True, f"has no effect: no layer carries a norm (model.norm = {norm!r}, "
+                        f"model.norm_layers = {m.norm_layers!r}), so there are no batch statistics; set it false")
+    if norm not in ("group", "none") and bn.groups != defaults.bn.groups:
         _refuse("bn.groups", bn.groups, f"has no effect with model.norm = {norm!r} (only 'group' uses it)")
     if norm == "group":
         for name in carries_norm(cfg):

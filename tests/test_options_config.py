@@ -119,6 +119,8 @@ REFUSALS = [
     (["model.norm=none", "eval.batch_stats=true"], ["eval.batch_stats = True has no effect"]),
     (["model.norm_layers=[]", "bn.eps=0.001"], ["bn.eps = 0.001 has no effect with model.norm_layers = []"]),
     (["model.norm_layers=[]", "model.bias=false"], ["model.bias = False has no effect"]),
+    (["model.norm_layers=[]", "eval.batch_stats=true"], ["eval.batch_stats = True has no effect"]),
+    (["model.norm_layers=[]", "eval.precise_bn=true"], ["eval.precise_bn = True has no effect"]),
     (["bn.groups=3"], ["bn.groups = 3 has no effect with model.norm = 'scratch'"]),
     (["model.norm=torch", "bn.groups=3"], ["bn.groups = 3 has no effect with model.norm = 'torch'"]),
     (["model.norm=layer", "bn.groups=3"], ["bn.groups = 3 has no effect with model.norm = 'layer'"]),
