@@ -141,9 +141,13 @@ def peak_rss_mb(pid) -> float:
 
 def profile_time(device: torch.device) -> str:
     """The profiler's per-op time the profile ranks by. On CUDA an op's CPU self time is the time to launch
-    its kernels, not to run them: rank by the time its kernels ran on the GPU. (torch >= 2.4 names it
-    ``self_device_time_total``; ``self_cuda_time_total`` is its deprecated alias.)"""
-    return "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    its kernels, not to run them: rank by the time its kernels ran on the GPU, ``self_device_time_total``
+    (torch 2.14; ``self_cuda_time_total`` is its deprecated alias there, and the only name in older ones)."""
+    if device.type != "cuda":
+        return "self_cpu_time_total"
+    from torch.autograd.profiler_util import FunctionEventAvg
+    return "self_device_time_total" if hasattr(FunctionEventAvg(), "self_device_time_total") else \
+        "self_cuda_time_total"
 
 
 def top_ops(events, time_attr: str, steps: int, top: int) -> list:
