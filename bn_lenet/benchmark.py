@@ -38,7 +38,7 @@ from . import data as data_mod
 from . import tutorial
 from .model import from_config
 from .data import num_batches
-from .train import fit, make_optimizer, resolve_device, sync
+from .train import fit, make_optimizer, resolve_device, set_fp32_math, sync, uses_tf32
 
 ROOT = Path(__file__).resolve().parents[1]
 TUTORIAL_NORMS = ("scratch", "torch")  # the tutorial's two runs; "none" is not one of them
@@ -139,9 +139,34 @@ def peak_rss_mb(pid) -> float:
     return 0.0
 
 
+def profile_time(device: torch.device) -> str:
+    """The profiler's per-op time the profile ranks by. On CUDA an op's CPU self time is the time to launch
+    its kernels, not to run them: rank by the time its kernels ran on the GPU, ``self_device_time_total``
+    (torch 2.14; ``self_cuda_time_total`` is its deprecated alias there, and the only name in older ones)."""
+    if device.type != "cuda":
+        return "self_cpu_time_total"
+    from torch.autograd.profiler_util import FunctionEventAvg
+    return "self_device_time_total" if hasattr(FunctionEventAvg(), "self_device_time_total") else \
+        "self_cuda_time_total"
+
+
+def top_ops(events, time_attr: str, steps: int, top: int) -> list:
+    """The ``top`` ops by ``time_attr`` (microseconds over ``steps`` steps), as [{op, self_ms_per_step, percent}]
+    with the percent of the total of that time over all ops. Ops are the profiler's CPU-side events: on CUDA it
+    also lists each kernel as a device event, whose time is already its op's self device time (counting both
+    would count it twice)."""
+    from torch.autograd import DeviceType
+    events = [e for e in events if e.device_type == DeviceType.CPU and getattr(e, time_attr) > 0]
+    total = sum(getattr(e, time_attr) for e in events)
+    events.sort(key=lambda e: -getattr(e, time_attr))
+    return [{"op": e.key, "self_ms_per_step": getattr(e, time_attr) / 1000 / steps,
+             "percent": 100 * getattr(e, time_attr) / total} for e in events[:top]]
+
+
 def profile_step(cfg, device, steps=20, top=12) -> list:
     """torch.profiler over ``steps`` training steps of the project's loop (after a warm-up, which compiles
-    when train.compile is set): the ops with the most self time, as [{op, self_ms_per_step, percent}]."""
+    when train.compile is set): the ops with the most self time (``profile_time``: on the GPU where there is
+    one), as [{op, self_ms_per_step, percent}]."""
     from torch.profiler import ProfilerActivity, profile
     from .train import train_step
     data = data_mod.load_dataset(cfg.data.root or None).to(device)
@@ -149,6 +174,7 @@ def profile_step(cfg, device, steps=20, top=12) -> list:
     model = from_config(cfg).to(device)
     optimizer = make_optimizer(model, cfg.train.lr)
     step_model = torch.compile(model) if cfg.train.compile else model
+    set_fp32_math(cfg.train.precision, device)  # as fit() does
     bs = cfg.train.batch_size
 
     def run(k):
@@ -160,11 +186,7 @@ def profile_step(cfg, device, steps=20, top=12) -> list:
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         run(steps)
-    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
-    total = sum(e.self_cpu_time_total for e in events)
-    events.sort(key=lambda e: -e.self_cpu_time_total)
-    return [{"op": e.key, "self_ms_per_step": e.self_cpu_time_total / 1000 / steps,
-             "percent": 100 * e.self_cpu_time_total / total} for e in events[:top]]
+    return top_ops(list(prof.key_averages()), profile_time(device), steps, top)
 
 
 # --- running and summarizing ---------------------------------------------------------------------------
@@ -208,6 +230,8 @@ def run(norms=("scratch", "torch", "none"), epochs=10, limit_batches=0, device="
     for epoch in range(max(epochs, tutorial_epochs or 0) + 1):  # step 0 is the setup
         for key, gen in runs.items():
             torch.set_num_threads(base_threads)  # each loop applies its own thread setting, if any
+            if key[0] == "tutorial":  # the project's loops set their own (fit); the tutorial's is fp32 too
+                set_fp32_math("fp32", device)
             out = next(gen, None)
             if out is None:  # this run has done its epochs
                 continue
@@ -218,6 +242,9 @@ def run(norms=("scratch", "torch", "none"), epochs=10, limit_batches=0, device="
                 log(f"  epoch {epoch} {key[0]:20} {key[1]:7} "
                     f"{out['examples'] / out['step_seconds']:9,.0f} examples/sec  {out['seconds']:6.1f} s")
     variants = [summarize(loop, norm, r, startup) for (loop, norm), r in rows.items()]
+    for v in variants:  # TF32 math on the GPU: only a project loop with train.precision = "tf32"
+        cfg = run_configs.get((v["loop"], v["norm"]))
+        v["tf32"] = uses_tf32(cfg.train.precision if cfg else "fp32", device)
     report = {"epochs": epochs, "limit_batches": limit_batches, "startup_seconds": startup,
               "variants": variants, "ratios": ratios(variants),
               "memory": {"method": "peak RSS (ru_maxrss) of the whole benchmark process, every run together: "
@@ -228,6 +255,7 @@ def run(norms=("scratch", "torch", "none"), epochs=10, limit_batches=0, device="
     if profile:
         log("  profiling the project's step ...")
         # profile_step times eager or compiled steps: a graph's replay is one launch, not an op table
+        report["profile_time"] = profile_time(device)
         report["profiles"] = {f"{loop} {norm}": profile_step(run_configs[(loop, norm)], device)
                               for loop, norm in run_configs
                               if norm in TUTORIAL_NORMS and not run_configs[(loop, norm)].train.cuda_graph}

@@ -74,7 +74,8 @@ def markdown(report) -> str:
                      + "; ".join(f"{name} loss {m['loss']:.3f}, train acc {m['train_acc']:.3f}, test acc "
                                  f"{m['test_acc']:.3f}" for name, m in r["results"].items()) + ".")
     for name, ops in report.get("profiles", {}).items():
-        lines += ["", f"Profile, {name} (torch.profiler, self time per training step):", "",
+        kind = "CPU" if report.get("profile_time", "self_cpu_time_total") == "self_cpu_time_total" else "GPU"
+        lines += ["", f"Profile, {name} (torch.profiler, {kind} self time per training step):", "",
                   "| op | ms/step | % |", "|---|---|---|"]
         lines += [f"| {o['op'][:70]} | {o['self_ms_per_step']:.2f} | {o['percent']:.0f} |" for o in ops]
     lines += ["", "## Provenance", "", f"- command: `{report['command']}`",

@@ -58,7 +58,8 @@ class TrainConfig:
     compile: bool = False          # torch.compile the training step
     cuda_graph: bool = False       # capture the whole step (forward, backward, SGD) in a CUDA graph for the
                                    # full-size batches (graph_step.py); ignored on CPU. Off: never run on a GPU here
-    precision: str = "fp32"        # "fp32" | "bf16" (autocast; BN statistics stay fp32)
+    precision: str = "fp32"        # "fp32" (true IEEE fp32, TF32 off on a GPU) | "tf32" (fp32, with TF32 tensor-core
+                                   # math for convs/matmuls on a GPU; fp32 on CPU) | "bf16" (autocast; BN stats fp32)
     threads: int = 0               # CPU threads for torch; 0 = torch's default
 
 
@@ -91,6 +92,7 @@ class Config:
 
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
+PRECISIONS = ("fp32", "tf32", "bf16")
 
 
 # --- validation ---------------------------------------------------------------------------------------
@@ -124,7 +126,7 @@ def validate(cfg: Config) -> Config:
         ("train.device", t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:"),
          '"auto", "cpu", "cuda" or "cuda:N"'),
         ("train.limit_batches", t.limit_batches >= 0, ">= 0 (0 = all batches)"),
-        ("train.precision", t.precision in ("fp32", "bf16"), '"fp32" or "bf16"'),
+        ("train.precision", t.precision in PRECISIONS, '"fp32", "tf32" or "bf16"'),
         ("train.threads", t.threads >= 0, ">= 0 (0 = torch's default)"),
         ("eval.batch_size", e.batch_size >= 1, ">= 1"),
         ("eval.precise_bn_batches", e.precise_bn_batches >= 0, ">= 0 (0 = the whole training set)"),
@@ -134,6 +136,11 @@ def validate(cfg: Config) -> Config:
             section, name = key.split(".")
             value = getattr(getattr(cfg, section), name)
             raise ConfigError(f"{key} = {value!r} is out of range: it must be {allowed}")
+    if t.compile and t.cuda_graph:
+        # Never run together (torch.compile's code inside our own whole-step graph capture): refused until it
+        # has been verified on a GPU (then allow it and say where).
+        raise ConfigError("train.compile = true together with train.cuda_graph = true has not been verified on a "
+                          "GPU in this project; set one of them to false")
     options.check(cfg, Config())  # model and BN options: ranges, and what the chosen norm can honor
     return cfg
 

@@ -15,8 +15,16 @@ train, so everything they change is saved before and copied back after, in place
 addresses). On CPU there is nothing to capture: the same body runs directly, after the same warm-up and
 restore. fit() never takes this path on CPU; tests force it (``wanted``) to check its logic there.
 
+Any GPU, not only the current one: warm-up and capture run with the run's GPU made current
+(``capture_context``) and on a side stream created on it, which is also the capture stream. Left to itself,
+``torch.cuda.graph`` captures on a stream of the *current* device (cuda:0 by default); a run on cuda:1
+launches its kernels on cuda:1's own stream, which is not capturing, so the graph would be empty and every
+replay would train nothing. A replay runs on the capture stream's device (CUDAGraph::replay guards it), so
+the per-step ``replay()`` needs no context.
+
 Status: off by default. This project has not had a GPU to run it on; only the CPU path was run
-(tests/test_graph_step.py).
+(tests/test_graph_step.py). tests/test_gpu.py checks it against the eager loop where a GPU is visible.
+``train.compile`` together with ``train.cuda_graph`` is refused by the config until it has run on a GPU.
 """
 
 import contextlib
@@ -38,8 +46,8 @@ def make_static_step(model, step_model, optimizer, images, labels, batch_size: i
                      loss_sum: torch.Tensor, correct: torch.Tensor):
     """A function ``step(idx)`` that trains on ``images[idx]``, ``labels[idx]`` (``idx`` of length batch_size)
     and adds the summed loss and correct count into ``loss_sum`` and ``correct`` in place; captured in a CUDA
-    graph when the data is on CUDA. ``step_model`` is ``model`` or its torch.compile wrapper (compile inside
-    a CUDA graph has not been run in this project, on any device). The model must be in train mode. The
+    graph when the data is on CUDA. ``step_model`` is what fit() trains full-size batches with: ``model``
+    itself, as the config refuses train.compile with train.cuda_graph. The model must be in train mode. The
     warm-up steps add into the accumulators too: zero them after (fit does at each epoch start)."""
     static_idx = torch.arange(batch_size, device=labels.device)  # any valid batch will do for the warm-up
 
@@ -69,24 +77,35 @@ def capture(body, model, optimizer, device: torch.device, warmup_steps: int = WA
     """
     saved = snapshot(model, optimizer)
     graph = None
-    with _side_stream(device):
-        for _ in range(warmup_steps):
-            body()
-    if device.type == "cuda":
-        graph = torch.cuda.CUDAGraph()
-        optimizer.zero_grad(set_to_none=True)  # as the recipe: free the warm-up's gradients before capture
-        with torch.cuda.graph(graph):  # records the kernels without running them: no training happens here
-            body()
+    with capture_context(device):  # the run's GPU is the current one from here to the end of the capture
+        side = torch.cuda.Stream(device) if device.type == "cuda" else None
+        with _on_side_stream(side, device):
+            for _ in range(warmup_steps):
+                body()
+        if side is not None:
+            graph = torch.cuda.CUDAGraph()
+            optimizer.zero_grad(set_to_none=True)  # as the recipe: free the warm-up's gradients before capture
+            # Records the kernels without running them: no training happens here. On the side stream of the
+            # run's device, given explicitly (the default capture stream belongs to whichever device was
+            # current when the first graph of the process was made).
+            with torch.cuda.graph(graph, stream=side):
+                body()
     restore(model, optimizer, saved)
     return graph
 
 
+def capture_context(device: torch.device):
+    """The context warm-up and capture run in: ``torch.cuda.device`` of the run's own GPU (``device`` is the
+    data's, so it carries its index), nothing on CPU."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
 @contextlib.contextmanager
-def _side_stream(device: torch.device):
-    if device.type != "cuda":
+def _on_side_stream(side, device: torch.device):
+    """The recipe's warm-up stream: it waits for the work queued so far, and the current stream waits for it."""
+    if side is None:
         yield
         return
-    side = torch.cuda.Stream(device)
     side.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(side):
         yield

@@ -31,7 +31,7 @@ from .files import (signal_for_tests, load_checkpoint, read_json, read_metrics, 
                     write_json, write_jsonl, write_metrics)
 from .model import bn_params, from_config
 from .provenance import environment
-from .train import Diverged, EpochStats, GradNorms, Interrupted, fit, make_optimizer, resolve_device
+from .train import Diverged, EpochStats, GradNorms, Interrupted, fit, make_optimizer, resolve_device, uses_tf32
 
 RUNS_DIR = Path("results/runs")
 
@@ -97,7 +97,7 @@ def _set_threads(cfg) -> None:
 
 def rng_states() -> dict:
     states = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    if torch.cuda.is_initialized():  # implies available; not probing CUDA here keeps a CPU run off the driver
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
 
@@ -179,7 +179,8 @@ def _train_run(cfg, out, name, data, progress, log, resume, log_error, stop_requ
         run_dir, ckpt = new_run_dir(out, name), None
         write_atomic(run_dir / "config.toml", config_mod.to_toml(cfg))
         meta = {"seed": cfg.train.seed, "command": " ".join(sys.argv), "started": _now()}
-    meta.update(environment(device), data=data.source, run_dir=str(run_dir), status="running", epochs_done=0)
+    meta.update(environment(device), data=data.source, run_dir=str(run_dir), status="running", epochs_done=0,
+                tf32=uses_tf32(cfg.train.precision, device))  # fit() sets it (train.set_fp32_math)
     for stale in ("interrupted_at", "message", "ended"):
         meta.pop(stale, None)
 

@@ -67,7 +67,12 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"train.device is {name!r} but no CUDA GPU is visible to PyTorch "
                         f"(torch.cuda.is_available() is False); use --set train.device=auto or cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise UserError(f"train.device is {name!r} but PyTorch sees {count} CUDA GPU(s) (cuda:0 to "
+                        f"cuda:{count - 1}); choose one of them, or use --set train.device=cuda")
+    return device
 
 
 def device_name(device: torch.device) -> str:
@@ -89,6 +94,27 @@ def autocast(device: torch.device, precision: str):
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
     return contextlib.nullcontext()
+
+
+def uses_tf32(precision: str, device: torch.device) -> bool:
+    """Whether a run's fp32 convolutions and matmuls may use TF32 tensor cores: only with train.precision = "tf32",
+    and only on CUDA (recorded in meta.json as "tf32"). The CPU never uses TF32."""
+    return precision == "tf32" and device.type == "cuda"
+
+
+def set_fp32_math(precision: str, device: torch.device) -> bool:
+    """Make "fp32" mean IEEE fp32 on a GPU: cuDNN allows TF32 for fp32 convolutions by default (Ampere and newer,
+    10-bit mantissa), so without this an "fp32" run would not be one; train.precision = "tf32" allows it, on
+    purpose. Sets both of PyTorch's process-wide flags on every call, so runs in one process (the benchmark) each
+    get their own. Nothing is touched on CPU, where TF32 does not exist: CPU numbers stay as they were.
+    Uses the allow_tf32 flags, which every supported torch has (PyTorch >= 2.9 adds ``fp32_precision``; reading an
+    allow_tf32 flag after setting the new one differently is an error there, and inductor reads
+    ``torch.backends.cudnn.allow_tf32``). Returns ``uses_tf32``."""
+    tf32 = uses_tf32(precision, device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+    return tf32
 
 
 def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
@@ -269,6 +295,7 @@ def fit(model: nn.Module, data: FashionMNIST, cfg, optimizer=None, start_epoch: 
     from . import graph_step  # here, not at the top: graph_step builds on train_step
     t, device = cfg.train, data.train_labels.device
     optimizer = optimizer or make_optimizer(model, t.lr)
+    set_fp32_math(t.precision, device)
     if device.type == "cpu":
         keep_freed_memory()
     # Compiled for the full-size batches only: the last partial batch (96 of 60,000) runs eagerly, with the

@@ -17,9 +17,10 @@ OUTPUTS = ["config.toml", "metrics.jsonl", "metrics.csv", "bn_params.json", "bn_
 
 @pytest.fixture(scope="module")
 def one_epoch_run(tmp_path_factory):
-    """One full epoch (all 60,000 examples) of the tutorial's scratch-BN setup."""
+    """One full epoch (all 60,000 examples) of the tutorial's scratch-BN setup, on the CPU (its accuracy and
+    printed device are checked; a GPU run is tests/test_gpu.py's)."""
     out = tmp_path_factory.mktemp("runs") / "scratch"
-    proc = subprocess.run([sys.executable, "-m", "bn_lenet", "run", "configs/scratch_bn.toml",
+    proc = subprocess.run([sys.executable, "-m", "bn_lenet", "run", "configs/scratch_bn.toml", "--device", "cpu",
                            "--set", "train.epochs=1", "--out", str(out), "--quiet"],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
@@ -49,6 +50,7 @@ def test_outputs_describe_the_run(one_epoch_run):
     out, _ = one_epoch_run
     meta = json.loads((out / "meta.json").read_text())
     assert meta["status"] == "finished" and meta["seed"] == 0 and meta["epochs_done"] == 1
+    assert meta["device"] == "cpu" and meta["tf32"] is False  # fp32 is IEEE fp32 (TF32 exists on GPUs only)
     assert {"torch", "torchvision", "python", "device_name", "git_commit", "started", "ended", "command"} <= set(meta)
     params = json.loads((out / "bn_params.json").read_text())
     assert list(params) == ["conv1.bn", "conv2.bn", "fc1.bn", "fc2.bn"]

@@ -63,3 +63,11 @@ def test_bad_files(tmp_path):
     (tmp_path / "type.toml").write_text('[train]\nepochs = "10"\n')
     with pytest.raises(ConfigError, match="train.epochs must be int"):
         config.resolve(tmp_path / "type.toml")
+
+
+def test_compile_with_cuda_graph_is_refused_until_verified_on_a_gpu():
+    assert config.resolve(None, ["train.compile=true"]).train.compile
+    assert config.resolve(None, ["train.cuda_graph=true"]).train.cuda_graph
+    with pytest.raises(ConfigError, match="train.compile = true together with train.cuda_graph = true has not "
+                                          "been verified on a GPU in this project; set one of them to false"):
+        config.resolve(None, ["train.compile=true", "train.cuda_graph=true"])

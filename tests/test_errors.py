@@ -178,6 +178,10 @@ def test_unreadable_config_file(world_tmp, capsys):
     (["optim.lr=1"], ["unknown section [optim]"]),
     (["model.norm=layer"], ["model.norm = 'layer' is out of range: it must be one of scratch, torch, none"]),
     (["train.device=tpu"], ["train.device = 'tpu' is out of range"]),
+    (["train.precision=fp16"], ["train.precision = 'fp16' is out of range", '"fp32", "tf32" or "bf16"']),
+    (["train.compile=true", "train.cuda_graph=true"],
+     ["train.compile = true together with train.cuda_graph = true has not been verified on a GPU",
+      "set one of them to false"]),
 ])
 def test_bad_set_expressions(overrides, fragments, tmp_path, capsys):
     argv = ["run", CONFIG, "--out", str(tmp_path / "run")] + [a for o in overrides for a in ("--set", o)]
@@ -221,7 +225,9 @@ def test_out_at_a_file(tmp_path, capsys):
 
 def test_out_below_a_file(tmp_path, capsys):
     (tmp_path / "f").write_text("mine")
-    assert_one_clear_error(*run_cli(["run", CONFIG, "--out", str(tmp_path / "f" / "run")], capsys),
+    # On the CPU: the data goes to the device before the directory is made, and this checks the error, not a GPU.
+    argv = ["run", CONFIG, "--device", "cpu", "--out", str(tmp_path / "f" / "run")]
+    assert_one_clear_error(*run_cli(argv, capsys),
                            "cannot write the run directory", "choose another --out")
 
 
@@ -233,7 +239,7 @@ def test_out_in_a_read_only_folder(world_tmp, capsys):
     config = world_tmp / "c.toml"  # nobody may not be able to enter the checkout (a clone in a 0700 folder)
     config.write_text(Path(CONFIG).read_text())
     with as_unprivileged_user():
-        code, err = run_cli(["run", str(config), "--out", str(locked / "run")], capsys)
+        code, err = run_cli(["run", str(config), "--device", "cpu", "--out", str(locked / "run")], capsys)
     assert_one_clear_error(code, err, "cannot write the run directory", "Permission denied", "choose another --out")
 
 

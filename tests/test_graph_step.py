@@ -4,6 +4,7 @@ On CPU nothing is captured, but the static-buffer step runs the code a capture r
 index tensor, train_step, in-place accumulators), after the same warm-up and restore.
 """
 
+import contextlib
 import dataclasses
 
 import pytest
@@ -139,3 +140,34 @@ def test_benchmark_adds_a_graph_loop_on_cuda_only():
     assert cuda["project+graph+bf16"] == ["train.lr=0.5", "train.cuda_graph=true", "train.precision=bf16"]
     for overrides in cuda.values():
         config.resolve(None, overrides)  # every loop's settings are a valid config
+
+
+def test_capture_runs_on_the_runs_own_gpu_whatever_the_current_one():
+    # A run on cuda:1 must capture with cuda:1 current: the default capture stream is the current device's,
+    # and a capture there would record none of cuda:1's kernels (every replay would train nothing).
+    for index in (0, 1, 3):
+        context = graph_step.capture_context(torch.device("cuda", index))
+        assert isinstance(context, torch.cuda.device) and context.idx == index
+    assert isinstance(graph_step.capture_context(torch.device("cpu")), contextlib.nullcontext)
+
+
+def test_warm_up_and_capture_run_inside_the_context_of_the_datas_device(small, monkeypatch):
+    events = []
+
+    @contextlib.contextmanager
+    def recording(device):
+        events.append(("enter", device))
+        yield
+        events.append("exit")
+
+    real_step = graph_step.train_step
+    monkeypatch.setattr(graph_step, "capture_context", recording)
+    monkeypatch.setattr(graph_step, "train_step", lambda *a: events.append("step") or real_step(*a))
+    model = lenet("scratch")
+    model.train()
+    loss_sum, correct = torch.zeros(()), torch.zeros((), dtype=torch.long)
+    step = graph_step.make_static_step(model, model, make_optimizer(model, 1.0), small.train_images,
+                                       small.train_labels, 64, "fp32", loss_sum, correct)
+    assert events == [("enter", small.train_labels.device)] + ["step"] * graph_step.WARMUP_STEPS + ["exit"]
+    step(torch.arange(64, 128))
+    assert events[-1] == "step"  # a (replayed) step needs no context: the graph keeps its device

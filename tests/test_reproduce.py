@@ -1,5 +1,8 @@
 """experiments/reproduce.py end to end on the real data, cut short: side by side (the CPU default) and one
-after the other; a stop reaches both side-by-side runs, which keep their finished epochs."""
+after the other; a stop reaches both side-by-side runs, which keep their finished epochs.
+
+Every run here is on the CPU (train.device=cpu): the layout checked (processes side by side, threads each) is
+the CPU's; on a GPU the reproduction trains its runs one after the other in one process."""
 
 import json
 import os
@@ -9,7 +12,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHORT = ["--set", "train.limit_batches=2", "--set", "train.epochs=1"]
+CPU = ["--set", "train.device=cpu"]
+SHORT = [*CPU, "--set", "train.limit_batches=2", "--set", "train.epochs=1"]
 
 
 def reproduce(tmp_path, *args, **popen):
@@ -43,7 +47,7 @@ def test_one_after_the_other_with_jobs_1(tmp_path):
 
 
 def test_a_stop_reaches_both_side_by_side_runs_which_keep_their_epochs(tmp_path):
-    proc = reproduce(tmp_path, "--jobs", "2", "--set", "train.limit_batches=2", "--set", "train.epochs=1000")
+    proc = reproduce(tmp_path, "--jobs", "2", *CPU, "--set", "train.limit_batches=2", "--set", "train.epochs=1000")
     seen = []
     for line in proc.stdout:  # wait until both runs have finished an epoch
         seen.append(line)
@@ -62,10 +66,10 @@ def test_a_stop_reaches_both_side_by_side_runs_which_keep_their_epochs(tmp_path)
 
 def test_the_benchmark_times_the_real_reproduction_and_reads_its_results():
     from bn_lenet.benchmark import time_reproduction
-    r = time_reproduction(["train.limit_batches=2", "train.epochs=1"])
+    r = time_reproduction(["train.device=cpu", "train.limit_batches=2", "train.epochs=1"])
     assert sorted(r["results"]) == ["scratch_bn", "torch_bn"]
     assert all(0 < m["loss"] < 3 and 0 <= m["test_acc"] <= 1 for m in r["results"].values())
     side_by_side = len(os.sched_getaffinity(0)) >= 2
-    assert r["processes"] == (3 if side_by_side else 1)  # the reproduction and, side by side, its two runs
+    assert r["processes"] == (3 if side_by_side else 1)  # the reproduction and, side by side (CPU), its two runs
     assert r["peak_rss_mb"] > 100 * r["processes"]  # each process holds torch
     assert r["wall_seconds"] > 0

@@ -129,10 +129,12 @@ def test_a_cpu_training_step_no_longer_page_faults_for_its_memory():
 
 def test_benchmark_quick_mode_writes_a_table_and_both_files(tmp_path):
     # Run from tmp_path: the tutorial's torchvision reader prepares ./data there, not in the checkout.
-    # One OpenMP thread: two on a busy 2-core runner crawl.
+    # One OpenMP thread: two on a busy 2-core runner crawl. On the CPU: its files and loops are checked (the
+    # GPU's are in tests/test_gpu.py).
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     proc = subprocess.run([sys.executable, "-m", "bn_lenet", "benchmark", "--quick", "--epochs", "1", "--batches",
-                           "3", "--out", str(tmp_path)], capture_output=True, text=True, timeout=300, env=env,
+                           "3", "--device", "cpu", "--out", str(tmp_path)], capture_output=True, text=True,
+                          timeout=300, env=env,
                           cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "project/tutorial scratch" in proc.stdout and "scratch/torch project" in proc.stdout
@@ -144,7 +146,7 @@ def test_benchmark_quick_mode_writes_a_table_and_both_files(tmp_path):
     for v in report["variants"]:
         assert v["examples_per_sec"] > 0 and v["end_to_end_seconds"] > v["setup_seconds"] > 0
         assert 0 <= v["test_acc"] <= 1
-        assert v["epochs"] == 1
+        assert v["epochs"] == 1 and v["tf32"] is False
     assert report["memory"]["benchmark_process_peak_rss_mb"] > 100  # torch alone takes more
     md = (tmp_path / "cpu-quick.md").read_text()
     assert "QUICK MODE" in md and "| tutorial | scratch |" in md and report["environment"]["cpu"] in md
@@ -161,3 +163,30 @@ def test_ratios_pair_the_rounds_both_runs_measured_so_a_slow_spell_later_does_no
     r = ratios(variants)
     assert r["project/tutorial scratch"] == 3.0  # not 15 / 10 from the medians of different rounds
     assert r["scratch/torch project"] == 0.5     # median of 1.5, 0.5, 0.5, ... over epochs 2..10
+
+
+def test_the_profile_ranks_ops_by_gpu_time_on_cuda_and_by_cpu_time_on_cpu():
+    from types import SimpleNamespace as Event
+    from torch.autograd import DeviceType
+    from bn_lenet.benchmark import profile_time, top_ops
+    assert profile_time(torch.device("cuda", 1)) == "self_device_time_total"
+    assert profile_time(torch.device("cpu")) == "self_cpu_time_total"
+    cpu, gpu = DeviceType.CPU, DeviceType.CUDA
+    # Microseconds over 10 steps. On CUDA an op's CPU time is its launch: aten::mul launches slowly and runs fast.
+    events = [Event(key="aten::convolution_backward", device_type=cpu, self_cpu_time_total=100,
+                    self_device_time_total=3000),
+              Event(key="aten::mul", device_type=cpu, self_cpu_time_total=900, self_device_time_total=1000),
+              Event(key="aten::empty", device_type=cpu, self_cpu_time_total=50, self_device_time_total=0),
+              # the profiler lists the kernel too, as a device event: its time is already its op's
+              Event(key="cudnn_wgrad_kernel", device_type=gpu, self_cpu_time_total=0, self_device_time_total=3000)]
+    on_gpu = top_ops(events, profile_time(torch.device("cuda")), steps=10, top=5)
+    assert [o["op"] for o in on_gpu] == ["aten::convolution_backward", "aten::mul"]
+    assert on_gpu[0]["self_ms_per_step"] == pytest.approx(0.3) and on_gpu[0]["percent"] == pytest.approx(75)
+    on_cpu = top_ops(events, profile_time(torch.device("cpu")), steps=10, top=2)
+    assert [o["op"] for o in on_cpu] == ["aten::mul", "aten::convolution_backward"]
+    assert on_cpu[0]["percent"] == pytest.approx(100 * 900 / 1050)
+    # This torch's profiler events have both times under these names (no GPU time on a CPU).
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        torch.ones(64, 64) @ torch.ones(64, 64)
+    real = list(prof.key_averages())
+    assert top_ops(real, "self_cpu_time_total", 1, 3) and top_ops(real, "self_device_time_total", 1, 3) == []

@@ -15,7 +15,7 @@ from bn_lenet.cli import main
 from bn_lenet.data import FashionMNIST
 from bn_lenet.study_report import write_report
 
-TINY = ["train.epochs=2", "train.threads=1"]
+TINY = ["train.epochs=2", "train.threads=1", "train.device=cpu"]  # CPU: same seed, same numbers to 1e-4
 VARIANTS, SEEDS = ["scratch", "torch", "none"], [0, 1]
 
 
@@ -56,7 +56,8 @@ def test_a_finished_run_is_reused_not_trained_again(tiny):
 def test_a_run_with_another_config_is_refused(tiny):
     root, data, _ = tiny
     with pytest.raises(UserError, match="another config"):
-        study.run_study(["scratch"], [0], ["train.epochs=3", "train.threads=1"], root / "runs", root / "out", data)
+        study.run_study(["scratch"], [0], ["train.epochs=3", "train.threads=1", "train.device=cpu"], root / "runs",
+                        root / "out", data)
 
 
 def test_same_seed_scratch_and_torch_start_alike(tiny):
@@ -141,7 +142,7 @@ def test_inspect_a_run_without_bn(tiny, capsys):
 
 def test_an_interrupted_run_is_resumed_and_an_empty_one_restarted(tiny, tmp_path):
     _, data, _ = tiny
-    cfg = study.study_config("scratch", 0, ["train.epochs=2", "train.threads=1"])
+    cfg = study.study_config("scratch", 0, TINY)
     run_dir = tmp_path / "compare-scratch-seed0"
 
     def sigterm_after_epoch_1(line):  # a real Ctrl-C/SIGTERM arriving once epoch 1 is saved
