@@ -5,6 +5,7 @@ User errors print one ``error: ...`` line and exit 2, without a traceback (``--d
 
 import argparse
 import json
+import shlex
 import statistics
 import sys
 from pathlib import Path
@@ -173,7 +174,8 @@ def add_sweep_arguments(p, spec: bool) -> None:
                        "with --grid")
         p.add_argument("--grid", action="append", default=[], metavar="SECTION.KEY=V1,V2",
                        help="with a CONFIG: sweep this key over these values, TOML literals (repeatable: the product)")
-        p.add_argument("--seeds", type=int, help="with a CONFIG: seeds 0..N-1 for every point (default: 1)")
+    p.add_argument("--seeds", type=int, help="seeds 0..N-1 for every point (a CONFIG's default: 1; a SPEC's: "
+                   "its own seeds)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="a fixed override for every run, e.g. --set train.epochs=1 (repeatable)")
     p.add_argument("--out", help="the sweep's folder (default: results/sweeps/<spec name>)")
@@ -199,12 +201,13 @@ def cmd_sweep(args) -> int:
     target = getattr(args, "spec", None) or str(_compare_spec())
     spec = spec_for(target, getattr(args, "grid", ()), getattr(args, "seeds", None), args.overrides)
     out = Path(args.out) if args.out else SWEEPS_DIR / spec["name"]
-    prog = "bn-lenet " if Path(sys.argv[0]).name != "compare.py" else "python experiments/compare.py "
-    command = prog + " ".join(sys.argv[1:])
-    reproduce = " ".join(["bn-lenet sweep", spec["spec_file"] or spec["config"],
-                          *(f"--grid {g}" for g in getattr(args, "grid", [])),
-                          *([f"--seeds {args.seeds}"] if getattr(args, "seeds", None) is not None else []),
-                          *(f"--set {o}" for o in args.overrides), *([f"--out {args.out}"] if args.out else [])])
+    argv = getattr(args, "argv", sys.argv[1:])
+    command = ("python experiments/compare.py " + shlex.join(argv[1:]) if Path(sys.argv[0]).name == "compare.py"
+               else "bn-lenet " + shlex.join(argv)).strip()
+    reproduce = shlex.join(["bn-lenet", "sweep", spec["spec_file"] or spec["config"],
+                            *(a for g in getattr(args, "grid", []) for a in ("--grid", g)),
+                            *(["--seeds", str(args.seeds)] if getattr(args, "seeds", None) is not None else []),
+                            *(a for o in args.overrides for a in ("--set", o)), *(["--out", args.out] if args.out else [])])
     return run_sweep(spec, out, jobs=args.jobs, executor=args.executor, ray_address=args.ray_address,
                      report_only=args.report_only, quiet=args.quiet, command=command, reproduce=reproduce)
 
@@ -253,6 +256,7 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv  # accepted anywhere on the line, not only before the command
     args = build_parser().parse_args([a for a in argv if a != "--debug"])
+    args.argv = [a for a in argv if a != "--debug"]  # the command as typed, recorded by a sweep
     return run_main(COMMANDS[args.command], args, debug=debug)
 
 

@@ -71,7 +71,7 @@ def run_sweep(spec: dict, out, jobs=None, executor="local", ray_address=None, re
     if report_only:
         if not (out / "sweep.json").is_file() and not any(r["state"] == "done" for r in planned):
             raise UserError(f"no sweep in {out}: run it first without --report-only")
-        return write(spec, out, planned, report_command=command)
+        return write(spec, out, planned, report_command=command, reproduce=reproduce)
     todo = [r for r in planned if r["state"] != "done"]
     print(f"sweep {spec['name']}: {len(planned)} runs ({len(spec['seeds'])} seeds x "
           f"{len(planned) // len(spec['seeds'])} points), {len(planned) - len(todo)} done, {len(todo)} to train "
@@ -155,11 +155,12 @@ def write_sweep_json(spec: dict, out: Path, planned: list, provenance: dict) -> 
                                     "provenance": provenance, "runs": runs})
 
 
-def write(spec: dict, out: Path, planned: list, provenance=None, report_command=None) -> int:
+def write(spec: dict, out: Path, planned: list, provenance=None, report_command=None, reproduce="") -> int:
     """sweep.json (statuses as on disk now) and the report."""
     from . import sweep_report
     previous = read_json(out / "sweep.json") if (out / "sweep.json").is_file() else {}
     provenance = dict(provenance or previous.get("provenance", {}))
+    provenance.setdefault("reproduce", reproduce)
     if report_command:
         provenance.update(report_command=report_command, report_commit=git_commit())
     write_sweep_json(spec, out, planned, provenance)
@@ -174,10 +175,12 @@ def spec_for(target: str, grid=(), seeds=None, sets=()) -> dict:
     if is_config(read_toml(target)):
         spec = spec_from_args(target, list(grid), 1 if seeds is None else seeds)
     else:
-        if grid or seeds is not None:
-            raise UserError(f"{target} is a sweep spec: put the grid and the seeds in it (--grid and --seeds are "
-                            f"for the ad-hoc form `bn-lenet sweep CONFIG.toml --grid KEY=V1,V2 --seeds N`)")
+        if grid:
+            raise UserError(f"{target} is a sweep spec: put the grid in it (--grid is for the ad-hoc form "
+                            f"`bn-lenet sweep CONFIG.toml --grid KEY=V1,V2 --seeds N`)")
         spec = spec_from_file(target)
+        if seeds is not None:  # a quick look with fewer seeds, or more of them
+            spec["seeds"] = seeds
     spec["cli_set"] = list(sets)
     from .sweep_spec import check_spec
     return check_spec(spec)

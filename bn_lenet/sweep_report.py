@@ -201,7 +201,8 @@ def write_report(spec: dict, out, planned: list, provenance: dict) -> Path:
     from .sweep_answers import ANSWERS
     sweep = load_sweep(spec, out, planned)
     write_summary_csv(sweep, sweep["out"] / "summary.csv")
-    lines = [f"# {spec['title'] or 'Sweep ' + spec['name']}", ""]
+    title = spec["title"].replace("{seeds}", str(len(spec["seeds"]))) if spec["title"] else f"Sweep {spec['name']}"
+    lines = [f"# {title}", ""]
     if spec["question"]:
         lines += [spec["question"].strip(), ""]
     lines += ANSWERS[spec["report"]["answer"]](sweep)

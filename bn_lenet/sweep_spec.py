@@ -3,7 +3,7 @@
 A spec file ``configs/sweeps/NAME.toml`` (the sweep's name is the file stem)::
 
     question = "one paragraph: what this sweep answers"
-    title = "heading of the report"         # optional; default "Sweep NAME"
+    title = "heading of the report"         # optional; default "Sweep NAME"; {seeds}: the number of seeds
     config = "configs/scratch_bn.toml"     # optional base config; default: the config defaults
     seeds = 3                              # seeds 0..2, or an explicit list: seeds = [0, 4]
     [set]                                  # fixed overrides for every run
