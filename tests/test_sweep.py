@@ -182,6 +182,29 @@ def test_a_sweep_killed_as_a_whole_continues_where_it_stopped(spec, straight, tm
     assert all("resumed" in runs.read_json(out / "runs" / d / "meta.json") for d in stopped)
 
 
+def test_ctrl_c_stops_every_run_at_its_next_batch_and_exits_130(spec, tmp_path):
+    # Ctrl-C reaches the whole process group: here while both workers are stopped after epoch 1 of 2.
+    out = tmp_path / "out"
+    env = dict(os.environ, BN_LENET_TEST_SIGNAL="SIGSTOP@checkpoint:1")
+    parent = subprocess.Popen([sys.executable, "-m", "bn_lenet", "sweep", str(spec), "--out", str(out), "--jobs", "2",
+                               "--quiet"], cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while not (len(workers(parent.pid)) == 2 and all(state(p) == "T" for p in workers(parent.pid))):
+        assert time.monotonic() < deadline and parent.poll() is None
+        time.sleep(0.05)
+    stopped = workers(parent.pid)
+    os.killpg(parent.pid, signal.SIGINT)
+    for pid in stopped:
+        os.kill(pid, signal.SIGCONT)
+    _, err = parent.communicate(timeout=120)
+    assert parent.returncode == 130 and "run the same command again to continue" in err and "Traceback" not in err
+    metas = [runs.read_json(out / "runs" / d / "meta.json") for d in RUN_DIRS[:2]]
+    assert [(m["status"], m["epochs_done"]) for m in metas] == [("interrupted", 1)] * 2
+    assert not (out / "runs" / RUN_DIRS[2]).exists()  # nothing new starts after a stop
+    assert (out / "report.md").is_file()  # a report of what is done so far
+
+
 def workers(pid: int) -> list:
     """The sweep's worker processes: children of ``pid`` started by multiprocessing's spawn (not its
     resource tracker)."""
