@@ -28,9 +28,10 @@ test: setup
 benchmark: setup
 	$(BIN)/python -m bn_lenet benchmark
 
-# Scratch vs nn.BatchNorm vs no BN over 5 seeds, precise BN: results/compare/report.md (~40 min on 2 cores).
+# Scratch vs nn.BatchNorm vs no BN over 5 seeds, precise BN: results/sweeps/compare/report.md (the sweep
+# configs/sweeps/compare.toml; ~40 min on 2 cores one run after another, resumable).
 compare: setup
-	$(BIN)/python experiments/compare.py
+	$(BIN)/python -m bn_lenet sweep configs/sweeps/compare.toml
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -1,10 +1,11 @@
-"""Command line: ``bn-lenet run | inspect | data`` (also ``python -m bn_lenet``).
+"""Command line: ``bn-lenet run | inspect | sweep | compare | data | benchmark`` (also ``python -m bn_lenet``).
 
 User errors print one ``error: ...`` line and exit 2, without a traceback (``--debug`` shows it).
 """
 
 import argparse
 import json
+import shlex
 import statistics
 import sys
 from pathlib import Path
@@ -35,19 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("runs", nargs="+", metavar="RUN_DIR", help="one or two run directories")
     inspect.add_argument("--values", action="store_true", help="also print every channel's value")
 
-    compare = sub.add_parser("compare", help="seed study: scratch vs nn.BatchNorm vs no BN over N seeds, with "
-                             "precise BN; writes a report")
-    compare.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 per variant (default: 5)")
-    compare.add_argument("--variants", default="scratch,torch,none",
-                         help="comma-separated norms (default: scratch,torch,none)")
-    compare.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                         help="override a setting for every run, e.g. --set train.threads=1 (repeatable)")
-    compare.add_argument("--out", default="results/compare", help="report and collected runs (default: "
-                         "results/compare)")
-    compare.add_argument("--runs-dir", default="results/runs", help="full run directories, reused when found "
-                         "(default: results/runs)")
-    compare.add_argument("--report-only", action="store_true", help="only rewrite the report from OUT's "
-                         "collected runs")
+    sweep = sub.add_parser("sweep", help="run a spec's points x seeds (or CONFIG --grid KEY=V1,V2 --seeds N) "
+                           "and write one report", epilog="exit status: 0 every run done (diverged runs are results), "
+                           "1 a run failed, 2 a user error (nothing written), 130 stopped by Ctrl-C/SIGTERM (every "
+                           "run kept its finished epochs; rerun the same command to continue)")
+    add_sweep_arguments(sweep, spec=True)
+    compare = sub.add_parser("compare", help="the seed study: scratch vs nn.BatchNorm vs no BN over 5 seeds, "
+                             "with precise BN (= bn-lenet sweep configs/sweeps/compare.toml)")
+    add_sweep_arguments(compare, spec=False)
 
     data = sub.add_parser("data", help="find and check Fashion-MNIST; with --get, obtain it")
     data.add_argument("--data-dir", help="folder with the four IDX files (default: search)")
@@ -186,13 +182,54 @@ def format_bn_table(params: list, labels: list, values: bool = False) -> str:
     return "\n".join(lines)
 
 
-def cmd_compare(args) -> int:
-    from . import study
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    command = "bn-lenet " + " ".join(sys.argv[1:]) if Path(sys.argv[0]).name != "compare.py" else \
-        "python experiments/compare.py " + " ".join(sys.argv[1:])
-    return study.compare(args.out, args.seeds, variants, args.overrides, args.runs_dir,
-                         report_only=args.report_only, command=command)
+def add_sweep_arguments(p, spec: bool) -> None:
+    if spec:
+        p.add_argument("spec", metavar="SPEC|CONFIG", help="a sweep spec (configs/sweeps/NAME.toml) or a run config "
+                       "with --grid")
+        p.add_argument("--grid", action="append", default=[], metavar="SECTION.KEY=V1,V2",
+                       help="with a CONFIG: sweep this key over these values, TOML literals (repeatable: the product)")
+    p.add_argument("--seeds", type=int, help="seeds 0..N-1 for every point (a CONFIG's default: 1; a SPEC's: "
+                   "its own seeds)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="a fixed override for every run, e.g. --set train.epochs=1 (repeatable)")
+    p.add_argument("--out", help="the sweep's folder (default: results/sweeps/<spec name>)")
+    p.add_argument("--jobs", type=int, help="worker processes (default: one per core, at most one per run; 1 on a "
+                   "GPU); torch threads per run = cores // jobs")
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local worker processes, or Ray tasks (pip install 'bn-lenet[ray]')")
+    p.add_argument("--ray-address", help="HOST:PORT of a running Ray cluster (default: start a local instance)")
+    p.add_argument("--report-only", action="store_true", help="rebuild the report from the run directories; "
+                   "train nothing")
+    p.add_argument("--quiet", action="store_true", help="one line per run, no per-epoch lines")
+
+
+COMPARE_SPEC = Path(__file__).resolve().parents[1] / "configs" / "sweeps" / "compare.toml"
+
+
+def cmd_sweep(args) -> int:
+    from .sweep import SWEEPS_DIR, run_sweep, spec_for
+    if args.jobs is not None and args.jobs < 1:
+        raise UserError(f"--jobs {args.jobs}: give at least 1 worker process")
+    if args.ray_address and args.executor != "ray":
+        raise UserError("--ray-address is for --executor ray")
+    target = getattr(args, "spec", None) or str(_compare_spec())
+    spec = spec_for(target, getattr(args, "grid", ()), getattr(args, "seeds", None), args.overrides)
+    out = Path(args.out) if args.out else SWEEPS_DIR / spec["name"]
+    argv = getattr(args, "argv", sys.argv[1:])
+    command = ("python experiments/compare.py " + shlex.join(argv[1:]) if Path(sys.argv[0]).name == "compare.py"
+               else "bn-lenet " + shlex.join(argv)).strip()
+    reproduce = shlex.join(["bn-lenet", "sweep", spec["spec_file"] or spec["config"],
+                            *(a for g in getattr(args, "grid", []) for a in ("--grid", g)),
+                            *(["--seeds", str(args.seeds)] if getattr(args, "seeds", None) is not None else []),
+                            *(a for o in args.overrides for a in ("--set", o)), *(["--out", args.out] if args.out else [])])
+    return run_sweep(spec, out, jobs=args.jobs, executor=args.executor, ray_address=args.ray_address,
+                     report_only=args.report_only, quiet=args.quiet, command=command, reproduce=reproduce)
+
+
+def _compare_spec() -> Path:
+    """configs/sweeps/compare.toml, from the current directory if it has one, else from the source tree."""
+    here = Path("configs/sweeps/compare.toml")
+    return here if here.is_file() else COMPARE_SPEC
 
 
 def cmd_data(args) -> int:
@@ -208,7 +245,7 @@ def cmd_benchmark(args) -> int:
     return benchmark.run_from_args(args, "python -m bn_lenet " + " ".join(sys.argv[1:]))
 
 
-COMMANDS = {"run": cmd_run, "inspect": cmd_inspect, "compare": cmd_compare, "data": cmd_data,
+COMMANDS = {"run": cmd_run, "inspect": cmd_inspect, "sweep": cmd_sweep, "compare": cmd_sweep, "data": cmd_data,
             "benchmark": cmd_benchmark}
 
 
@@ -233,6 +270,7 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv  # accepted anywhere on the line, not only before the command
     args = build_parser().parse_args([a for a in argv if a != "--debug"])
+    args.argv = [a for a in argv if a != "--debug"]  # the command as typed, recorded by a sweep
     return run_main(COMMANDS[args.command], args, debug=debug)
 
 

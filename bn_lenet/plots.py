@@ -49,35 +49,76 @@ def bn_params(params: dict, path, title: str = "") -> None:
     _save(fig, path)
 
 
-# --- comparisons over seeds (the seed study, bn_lenet/study.py) -----------------------------------------
+# --- comparisons over seeds (sweeps: bn_lenet/sweep_report.py, the seed study: study_report.py) ---------
 
 COLORS = {"scratch": "tab:blue", "torch": "tab:orange", "none": "tab:gray"}
 LABELS = {"scratch": "scratch BN", "torch": "nn.BatchNorm", "none": "no BN"}
 
 
-def band_curves(curves: dict, path, title: str = "") -> None:
-    """Train loss, train acc and test acc against epoch: per variant the mean over seeds and a min..max band.
+CURVE_KEYS = [("loss", "train loss"), ("train_acc", "train acc"), ("test_acc", "test acc, moving statistics"),
+              ("test_acc_precise", "test acc, re-estimated statistics")]
 
-    ``curves`` is {variant: [rows of one run, ...]} (finished runs only, all with the same epochs)."""
-    keys = [("loss", "train loss"), ("train_acc", "train acc"), ("test_acc", "test acc, moving statistics"),
-            ("test_acc_precise", "test acc, re-estimated statistics")]
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.8), sharey=False)
-    for ax, (key, label) in zip(axes, keys):
-        for variant, runs in curves.items():
+
+def band_curves(curves: dict, path, title: str = "", keys=None, labels=None) -> None:
+    """Per-epoch metrics against epoch: per group (a BN variant, a sweep's point) the mean over seeds and a
+    min..max band, one panel per metric.
+
+    ``curves`` is {group: [rows of one run, ...]} (finished runs only, all with the same epochs); ``keys``
+    [(metric, panel title), ...] (default: loss, train acc, test acc moving and re-estimated); ``labels``
+    {group: legend label} (default: the BN variant's name, else the group itself)."""
+    keys = keys or CURVE_KEYS
+    labels = labels or {}
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.8), sharey=False, squeeze=False)
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (key, label) in zip(axes[0], keys):
+        for i, (group, runs) in enumerate(curves.items()):
             if any(key not in r for rows in runs for r in rows):
                 continue  # no BN: no re-estimated statistics
+            color = COLORS.get(group, cycle[i % len(cycle)])
             epochs = [r["epoch"] for r in runs[0]]
             per_epoch = list(zip(*[[r[key] for r in rows] for rows in runs]))
             mean = [sum(v) / len(v) for v in per_epoch]
-            ax.plot(epochs, mean, color=COLORS[variant], label=f"{LABELS[variant]} (mean of {len(runs)})")
+            ax.plot(epochs, mean, color=color, label=f"{labels.get(group, LABELS.get(group, group))} "
+                    f"(mean of {len(runs)})")
             ax.fill_between(epochs, [min(v) for v in per_epoch], [max(v) for v in per_epoch],
-                            color=COLORS[variant], alpha=0.25, lw=0)
+                            color=color, alpha=0.25, lw=0)
         ax.set_title(label + "\n(band: min..max over seeds)", fontsize=9)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)
-    axes[0].legend(fontsize=8)
+    axes[0][0].legend(fontsize=8 if len(curves) <= 6 else 6)
     fig.suptitle(title, fontsize=10)
+    _save(fig, path)
+
+
+def metric_against(series: dict, path, xlabel: str, ylabel: str, log_x: bool = False, title: str = "") -> None:
+    """A final metric against a swept value, one line per series: {label: [(x, [value per finished seed],
+    diverged count), ...]}. Line: mean; error bar: std over seeds; dots: the seeds; red x at the bottom:
+    one per diverged run (it has no final value)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, points in series.items():
+        points = sorted(points, key=lambda p: p[0])
+        shown = [(x, v) for x, v, _ in points if v]
+        if shown:
+            xs = [x for x, _ in shown]
+            means = [sum(v) / len(v) for _, v in shown]
+            stds = [(sum((y - m) ** 2 for y in v) / (len(v) - 1)) ** 0.5 if len(v) > 1 else 0.0
+                    for (_, v), m in zip(shown, means)]
+            line = ax.errorbar(xs, means, yerr=stds, marker="o", ms=4, capsize=3, label=label)
+            color = line[0].get_color()
+            for x, v in shown:
+                ax.scatter([x] * len(v), v, s=10, color=color, alpha=0.4)
+        for x, _, diverged in points:
+            if diverged:
+                ax.scatter([x] * diverged, [0.02 * (k + 1) for k in range(diverged)], marker="x", color="tab:red",
+                           transform=ax.get_xaxis_transform(), s=25)
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=9)
     _save(fig, path)
 
 

@@ -1,14 +1,16 @@
-"""The seed study's report: results/compare/report.md and its figures, made only from the collected runs.
+"""The seed study's answer (the compare sweep, configs/sweeps/compare.toml): its sections of
+results/sweeps/compare/report.md and their figures, made only from the runs' files.
 
 Every number and every sentence that judges a number is computed here from the runs' files, so
-``bn-lenet compare --report-only`` regenerates the same report from committed data.
+``bn-lenet compare --report-only`` regenerates the same report from committed data. ``study`` is
+{norm: [run, ...]}, each run as bn_lenet/sweep_report.py loads it.
 """
 
 import statistics
 from pathlib import Path
 
 from . import plots
-from .study import describe, final, finished, permutation_p, ranges_overlap, swing, welch_t
+from .stats import describe, final, finished, permutation_p, ranges_overlap, swing, welch_t
 
 # REFERENCE.md: the tutorial's published final figures (V100). Quoted to place them in our distribution.
 PUBLISHED = [("scratch", "d2l-zh v2.0.0", 0.273, 0.899, 0.807), ("torch", "d2l-zh v2.0.0", 0.267, 0.902, 0.708),
@@ -31,17 +33,15 @@ def finals(runs: list, key: str) -> list:
     return [final(r, key) for r in finished(runs)]
 
 
-def write_report(study: dict, out, provenance: dict) -> Path:
+def study_sections(study: dict, out) -> list:
+    """Everything the report says beyond the sweep's generic table and provenance."""
     out = Path(out)
     curves = {v: [r["rows"] for r in finished(runs)] for v, runs in study.items() if finished(runs)}
     bn_variants = [v for v in ("scratch", "torch") if v in curves]
-    n_seeds = max(len(runs) for runs in study.values())
     epochs = max(len(rows) for rows_list in curves.values() for rows in rows_list) if curves else 0
-    plots.band_curves(curves, out / "curves.png", title=f"LeNet on Fashion-MNIST, lr 1.0, {n_seeds} seeds")
     plots.swings({v: curves[v] for v in bn_variants}, out / "swings.png",
                  title="test accuracy with the moving vs re-estimated BN statistics")
-    lines = [f"# Scratch BN vs nn.BatchNorm vs no BN over {n_seeds} seeds", "",
-             f"The tutorial's setup (LeNet, sigmoid, SGD lr 1.0, batch 256, {epochs} epochs, Xavier init) for "
+    lines = [f"The tutorial's setup (LeNet, sigmoid, SGD lr 1.0, batch 256, {epochs} epochs, Xavier init) for "
              f"{', '.join(LABELS[v] for v in study)}, seeds {', '.join(str(r['seed']) for r in next(iter(study.values())))}. "
              "A seed fixes the initial weights and the order of the training batches; for a given seed the scratch "
              "and built-in runs start from the same weights and see the same batches. Test accuracy is measured "
@@ -53,10 +53,7 @@ def write_report(study: dict, out, provenance: dict) -> Path:
         "Line: mean over seeds; band: min..max over seeds. Where scratch and nn.BatchNorm coincide, the later "
         "drawn (nn.BatchNorm) hides the other.", ""]
     lines += beyond_noise(study) + swing_section(study, bn_variants, curves) + published_section(study)
-    lines += gamma_beta_section(study, out) + equivalence_section() + provenance_section(study, provenance)
-    path = out / "report.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return lines + gamma_beta_section(study, out) + equivalence_section()
 
 
 def headline(study, bn_variants) -> list:
@@ -276,24 +273,3 @@ def equivalence_section() -> list:
             "with `unbiased=True`, keeps the biased variance of the tutorial's layer, and leaves weights and the "
             "model's own statistics untouched.", "",
             "Run them with `python -m pytest tests/test_equivalence.py -v`.", ""]
-
-
-def provenance_section(study, provenance) -> list:
-    metas = [r["meta"] for runs in study.values() for r in runs]
-    values = lambda key: ", ".join(sorted({str(m.get(key)) for m in metas}))
-    lines = ["## Provenance", "",
-             f"- study command: `{provenance.get('command', 'unknown')}`",
-             f"- study code: git commit {provenance.get('git_commit', 'unknown')}; runs' own commits: {values('git_commit')}",
-             f"- time in epochs (training, evaluation, precise BN), summed over the runs: "
-             f"{sum(r['seconds'] for runs in study.values() for run in runs for r in run['rows']) / 60:.0f} min; "
-             f"the last invocation of the command took {provenance.get('wall_seconds', float('nan')) / 60:.0f} min "
-             f"({provenance.get('started', '?')} to {provenance.get('ended', '?')}; runs found finished are reused)",
-             f"- hardware: {values('device_name')} (device {values('device')}, torch threads {values('threads')}); "
-             f"CPU {values('cpu')}",
-             f"- versions: Python {values('python')}, torch {values('torch')}, torchvision {values('torchvision')}",
-             f"- platform: {values('platform')}",
-             f"- per-run files (config, metrics per epoch, gamma/beta per epoch, meta): runs/<variant>/seed<k>/"]
-    if provenance.get("report_command"):
-        lines.append(f"- this report regenerated from those files by `{provenance['report_command']}` at git "
-                     f"commit {provenance['report_commit']}")
-    return lines + [""]

@@ -1,7 +1,8 @@
-"""Scratch BN vs nn.BatchNorm vs no BN over N seeds, with test accuracy from moving and re-estimated
-statistics every epoch; writes results/compare/report.md. The same as `bn-lenet compare`.
+"""Scratch BN vs nn.BatchNorm vs no BN over 5 seeds, with test accuracy from moving and re-estimated
+statistics every epoch; writes results/sweeps/compare/report.md. The same as `bn-lenet compare` and
+`bn-lenet sweep configs/sweeps/compare.toml` (the spec says what runs).
 
-    python experiments/compare.py [--seeds 5] [--set section.key=value ...] [--out results/compare]
+    python experiments/compare.py [--jobs N] [--set section.key=value ...] [--out results/sweeps/compare]
     python experiments/compare.py --report-only      # the report again, from the committed per-run files
 """
 

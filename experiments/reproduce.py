@@ -165,7 +165,7 @@ def summary(cfgs, metas, wall, argv, how) -> str:
         lines.append(f"| {name} | published, {source} | {loss:.3f} | {tr:.3f} | {te:.3f} | {eps:,.0f} |")
     lines += ["", "Published figures are quoted from the tutorial's builds (../shared/REFERENCE.md), not measured "
               "here. Final test accuracy at lr 1.0 is very noisy from run to run (published builds range "
-              "0.59-0.89); see results/compare/ for the distribution over seeds.", "",
+              "0.59-0.89); see results/sweeps/compare/ for the distribution over seeds.", "",
               "## Learned gamma/beta of the first BN layer (conv1.bn)", ""]
     for name, meta in metas.items():
         for line in runs.summary_lines(meta["run_dir"])[2:]:

@@ -1,0 +1,60 @@
+"""The answer a sweep's report gives, in sentences with numbers from its runs: ``[report] answer = "NAME"``.
+
+Each answer is ``fn(sweep) -> list of markdown lines``, placed after the question (``sweep`` is
+sweep_report.load_sweep's dict: spec, out, points with their runs, metrics, lead). It may draw its own
+figures into ``sweep["out"]``. A study with its own question adds its function to ANSWERS.
+"""
+
+
+
+def generic(sweep: dict) -> list:
+    """The best and the worst point by the first lead metric (mean over finished seeds), and what diverged
+    or got stuck."""
+    from .stats import describe
+    from .sweep_report import STUCK_ACC, final_values, pm
+    metric = sweep["lead"][0]
+    lower_is_better = "loss" in metric
+    scored = [(describe(final_values(p["runs"], metric)), p) for p in sweep["points"]]
+    scored = sorted([(d, p) for d, p in scored if d["n"]], key=lambda dp: dp[0]["mean"], reverse=not lower_is_better)
+    n_runs = len(sweep["runs"])
+    lines = ["## Answer", ""]
+    if not scored:
+        lines.append(f"No run finished with a final {metric}.")
+    else:
+        (best, bp), (worst, wp) = scored[0], scored[-1]
+        seeds = lambda d, p: f"{d['n']} of {len(p['runs'])} seeds finished"  # noqa: E731
+        if len(scored) == 1:
+            lines.append(f"Final {metric} at **{bp['id']}**: {pm(best)} (mean ± std (min..max), {seeds(best, bp)}).")
+        else:
+            lines.append(f"Best final {metric}: **{bp['id']}** with {pm(best)} (mean ± std (min..max), "
+                         f"{seeds(best, bp)}); worst: **{wp['id']}** with {pm(worst)} ({seeds(worst, wp)}).")
+    for status, what in (("diverged", "diverged (loss or weights became inf/NaN)"),
+                         ("stuck", f"finished stuck at chance (finite loss, test acc <= {STUCK_ACC})")):
+        hits = [(p["id"], sum(_is(r, status) for r in p["runs"]), len(p["runs"])) for p in sweep["points"]]
+        hits = [h for h in hits if h[1]]
+        total = sum(h[1] for h in hits)
+        if total:
+            lines.append(f"{total} of {n_runs} runs {what}: " + ", ".join(f"{i} ({k} of {n})" for i, k, n in hits) + ".")
+        else:
+            lines.append(f"No run {status.replace('stuck', 'got stuck')}.")
+    not_done = sum(r["status"] not in ("finished", "diverged") for r in sweep["runs"])
+    if not_done:
+        lines.append(f"**{not_done} of {n_runs} runs are not done** (interrupted, failed or not started): rerun the "
+                     f"sweep's command to complete them; the figures above cover the runs done so far.")
+    return lines + [""]
+
+
+def _is(run: dict, status: str) -> bool:
+    return run["stuck"] if status == "stuck" else run["status"] == status
+
+
+def compare(sweep: dict) -> list:
+    """The seed study: scratch BN vs nn.BatchNorm vs no BN (bn_lenet/study_report.py), one point per norm."""
+    from .study_report import study_sections
+    study = {p["values"]["model.norm"]: p["runs"] for p in sweep["points"]}
+    if len(study) != len(sweep["points"]):
+        raise ValueError("the compare answer needs one point per model.norm")
+    return study_sections(study, sweep["out"])
+
+
+ANSWERS = {"generic": generic, "compare": compare}

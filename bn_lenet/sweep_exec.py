@@ -1,0 +1,283 @@
+"""Running a sweep's runs: what to do with one run directory, and the two executors that run many.
+
+Every run is an ordinary run directory written by ``runs.train_run``. What a worker does with it depends
+only on what is on disk (``run_state``), so a task can be started again at any time (after a kill, by
+Ray's retry, by rerunning the command) and does the right thing: skip a finished or diverged run,
+resume one that has a checkpoint, start one again that has none.
+
+Executors:
+- local: ``jobs`` worker processes (spawned, so no state of the parent leaks in), each with torch threads
+  = cores // jobs, loading the dataset once and running one run after another. A worker killed mid-run is
+  replaced and its run retried (it resumes from its checkpoint). A worker whose parent dies stops its run
+  at the next batch (it is saved as interrupted). Ctrl-C / SIGTERM: every run stops at its next batch
+  boundary and keeps its finished epochs.
+- ray: the same function as Ray tasks (max_retries: a task whose worker dies is retried and resumes), on
+  a local instance started here (localhost, no dashboard) or on ``--ray-address``.
+"""
+
+import os
+import shutil
+import signal
+import socket
+import sys
+import threading
+import time
+from collections import deque
+from multiprocessing import connection, get_context
+from pathlib import Path
+
+from . import config as config_mod
+from .errors import UserError
+from .files import read_json
+
+RETRIES = 2  # a run whose worker dies is started again this many times (each time it resumes)
+
+
+# --- one run directory ----------------------------------------------------------------------------------
+
+def config_difference(a: dict, b: dict) -> str:
+    diffs = [f"{s}.{k} = {a[s].get(k)!r} there, {b[s].get(k)!r} here" for s in b for k in b[s]
+             if a.get(s, {}).get(k) != b[s][k]]
+    return "; ".join(diffs[:3]) + ("; ..." if len(diffs) > 3 else "")
+
+
+def run_state(run_dir: Path, cfg) -> str:
+    """'new', 'done' (finished or diverged), 'resume' (has a checkpoint) or 'restart' (stopped before its
+    first epoch ended: nothing worth keeping). A run with another config is refused: the spec changed."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir() or not any(run_dir.iterdir()):
+        return "new"
+    if not (run_dir / "meta.json").is_file():
+        return "restart"
+    if not (run_dir / "config.toml").is_file():
+        raise UserError(f"{run_dir} has a meta.json but no config.toml: the run directory is damaged; delete it")
+    saved, wanted = config_mod.to_dict(config_mod.load(run_dir / "config.toml")), config_mod.to_dict(cfg)
+    if saved != wanted:
+        raise UserError(f"{run_dir} holds a run with another config than this sweep asks for "
+                        f"({config_difference(saved, wanted)}): the spec changed for this output folder. Give the "
+                        f"sweep another --out (existing points may only be added to, not changed)")
+    if read_json(run_dir / "meta.json").get("status") in ("finished", "diverged"):
+        return "done"
+    return "resume" if (run_dir / "checkpoint.pt").is_file() else "restart"
+
+
+_DATA = {}  # per worker process: the dataset, loaded once per data.root
+
+
+def execute(task: dict, log=None) -> dict:
+    """Bring one run to an end (finished, diverged or interrupted) from whatever state it is in on disk."""
+    from . import data as data_mod
+    from . import runs
+    run_dir, cfg, started = Path(task["dir"]), task["cfg"], time.perf_counter()
+    result = {"dir": str(run_dir), "point": task["point"], "seed": task["seed"], "trained": False}
+    prefix = f"{task['point']} seed-{task['seed']}: "
+    say = (lambda line: print(prefix + line.removeprefix("error: "), flush=True)) if log is None else log
+    try:
+        state = run_state(run_dir, cfg)
+        if state != "done":
+            if state == "restart":
+                shutil.rmtree(run_dir)
+            root = cfg.data.root or None
+            if root not in _DATA:
+                _DATA[root] = data_mod.load_dataset(root)
+            try:
+                runs.train_run(cfg, out=run_dir, data=_DATA[root], log=say if task.get("verbose") else lambda _: None,
+                               resume=state == "resume", log_error=say)
+            except KeyboardInterrupt:  # it finished, and then a stop came: the caller stops after it
+                result["stop"] = True
+            result["trained"] = True
+        meta = read_json(run_dir / "meta.json")
+        rows = runs.read_metrics(run_dir)
+        result.update(status=meta["status"], epochs_done=meta.get("epochs_done", len(rows)),
+                      message=meta.get("message", ""), last=rows[-1] if rows else {})
+    except UserError as e:
+        result.update(status="failed", message=str(e))
+    result["seconds"] = time.perf_counter() - started
+    return result
+
+
+# --- local executor: worker processes ---------------------------------------------------------------------
+
+_STOP = []
+
+
+def _worker_main(conn, threads: int, parent: int) -> None:
+    """A worker: set its threads, then run the tasks it is sent until it gets None or its parent dies."""
+    import torch
+    torch.set_num_threads(threads)
+    for sig in (signal.SIGINT, signal.SIGTERM):  # between runs: note the stop; during a run train_run handles it
+        signal.signal(sig, lambda *_: _STOP.append(True))
+
+    def watch_parent():  # the parent was killed: stop the run at its next batch (it is saved), then exit
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        _STOP.append(True)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch_parent, daemon=True).start()
+    while not _STOP:
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):
+            return
+        if task is None or _STOP:
+            return
+        result = execute(task)
+        try:
+            conn.send(result)
+        except OSError:
+            return
+
+
+def run_local(tasks: list, jobs: int, threads: int, on_result) -> bool:
+    """Run the tasks on ``jobs`` worker processes. False if stopped by Ctrl-C / SIGTERM."""
+    ctx = get_context("spawn")
+    queue, tries, workers, stop = deque(tasks), {}, [], []
+
+    def start_worker():
+        parent_end, child_end = ctx.Pipe()
+        proc = ctx.Process(target=_worker_main, args=(child_end, threads, os.getpid()), name="bn-lenet-sweep-worker")
+        proc.start()
+        child_end.close()
+        workers.append({"proc": proc, "conn": parent_end, "task": None})
+
+    def request_stop(*_):
+        stop.append(True)
+
+    saved = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for _ in range(min(jobs, len(tasks))):
+            start_worker()
+        while True:
+            busy = [w for w in workers if w["task"] is not None]
+            if stop:  # every ~second again: a signal that came before a run installed its handler is not lost
+                for w in busy:
+                    _signal(w["proc"].pid, signal.SIGTERM)
+            else:
+                for w in workers:
+                    if w["task"] is None and queue:
+                        w["task"] = queue.popleft()
+                        w["conn"].send(w["task"])
+                busy = [w for w in workers if w["task"] is not None]
+            if not busy:
+                return not stop
+            ready = connection.wait([w["conn"] for w in busy] + [w["proc"].sentinel for w in busy], timeout=1.0)
+            for w in busy:
+                if w["conn"] in ready or w["proc"].sentinel in ready:
+                    try:
+                        result = w["conn"].recv()
+                    except (EOFError, OSError):  # the worker died mid-run
+                        result = None
+                    task, w["task"] = w["task"], None
+                    if result is not None:
+                        on_result(result)
+                        if result.get("status") == "interrupted" or result.get("stop"):
+                            stop.append(True)
+                        continue
+                    w["proc"].join()
+                    workers.remove(w)
+                    tries[task["dir"]] = tries.get(task["dir"], 0) + 1
+                    if stop:
+                        continue
+                    if tries[task["dir"]] <= RETRIES:
+                        print(f"{task['point']} seed-{task['seed']}: its worker died (exit code "
+                              f"{w['proc'].exitcode}); starting it again", file=sys.stderr, flush=True)
+                        queue.appendleft(task)
+                    else:
+                        on_result({"dir": task["dir"], "point": task["point"], "seed": task["seed"],
+                                   "status": "failed", "message": f"its worker died {tries[task['dir']]} times "
+                                   f"(last exit code {w['proc'].exitcode})", "trained": True})
+                    start_worker()
+    finally:
+        for sig, old in saved.items():
+            signal.signal(sig, old)
+        for w in workers:
+            try:
+                w["conn"].send(None)
+            except OSError:
+                pass
+        for w in workers:
+            w["proc"].join(timeout=10)
+            if w["proc"].is_alive():
+                w["proc"].kill()
+
+
+def _signal(pid: int, sig) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+# --- Ray executor -----------------------------------------------------------------------------------------
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise UserError("--executor ray needs Ray, an optional extra: pip install 'bn-lenet[ray]' "
+                        "(or pip install ray)") from None
+    return ray
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Ray's own connect retries for minutes: try the TCP port first, bounded."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if address == "auto":
+        return
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout):
+            pass
+    except (OSError, ValueError) as e:
+        raise UserError(f"--ray-address {address}: cannot reach a Ray cluster there ({getattr(e, 'strerror', None) or e}); "
+                        f"give HOST:PORT of a running head node (`ray start --head`), or leave --ray-address out "
+                        f"to start a local instance") from None
+
+
+def connect_ray(address, cpus: int):
+    """Connect to ``address`` or start a local instance (localhost only, no dashboard). Returns ray."""
+    ray = import_ray()
+    if address:
+        check_reachable(address)
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        except Exception as e:  # Ray raises ConnectionError, RuntimeError, ... by version
+            raise UserError(f"--ray-address {address}: could not connect ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    else:
+        # The local workers import this very code, even when another bn_lenet is installed in the venv.
+        package_root = str(Path(__file__).resolve().parents[1])
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+        ray.init(num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
+                 configure_logging=False)
+    return ray
+
+
+def _ray_task(task: dict) -> dict:
+    import torch
+    torch.set_num_threads(task["threads"])
+    return execute(task, log=lambda _: None)
+
+
+def run_ray(ray, tasks: list, threads: int, on_result) -> bool:
+    """Run the tasks as Ray tasks of ``threads`` CPUs each. False if stopped by Ctrl-C."""
+    remote = ray.remote(num_cpus=threads, max_retries=RETRIES)(_ray_task)
+    pending = {remote.remote(dict(task, threads=threads)): task for task in tasks}
+    try:
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+            for ref in done:
+                task = pending.pop(ref)
+                try:
+                    on_result(ray.get(ref))
+                except Exception as e:  # retries used up (the worker died each time), or a bug in a task
+                    on_result({"dir": task["dir"], "point": task["point"], "seed": task["seed"], "status": "failed",
+                               "message": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                               "trained": True})
+        return True
+    except KeyboardInterrupt:
+        for ref in pending:  # each run stops where it is; its finished epochs are on disk
+            ray.cancel(ref)
+        return False
+    finally:
+        ray.shutdown()
