@@ -53,11 +53,18 @@ class DataConfig:
 
 
 @dataclass
+class LogConfig:
+    tensorboard: bool = False      # also write TensorBoard event files into the run's tb/ (bn_lenet/tb_log.py);
+                                   # needs the extra: pip install 'bn-lenet[tensorboard]'
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
