@@ -78,6 +78,7 @@ def test_compare_report_only_writes_every_section_and_figure_from_the_collected_
         assert (out / figure).stat().st_size > 0 and f"]({figure})" in text
     assert "| scratch BN | 2 of 2 |" in text and not re.search(r"\bnan\b", text)
     assert "regenerated from those files by `" in text
+    assert "d2l-zh v2.0.0 = Dive into Deep Learning" in text  # the published figures' source, in full
 
 
 def test_a_diverged_run_is_reported_and_left_out_of_the_averages(tiny, tmp_path):
