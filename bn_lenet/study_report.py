@@ -10,7 +10,7 @@ from pathlib import Path
 from . import plots, published
 from .study import describe, final, finished, permutation_p, ranges_overlap, swing, welch_t
 
-# The tutorial's published final figures (V100 builds; sources in published.py), to place them in our distribution.
+# The tutorial's published final figures (V100 builds; sources in published.py), placed in our distribution.
 PUBLISHED = [(p.variant, p.source, p.loss, p.train_acc, p.test_acc) for p in published.RUNS]
 PUBLISHED_RANGE = published.TEST_ACC_RANGE
 LABELS = plots.LABELS
@@ -262,7 +262,8 @@ def equivalence_section() -> list:
             "(losses to 1e-10, parameters and moving statistics to 1e-9), and on the real data in float32 the same "
             "per-batch loss curve over the first 40 batches of epoch 1 (to 1e-4) and the same test accuracy "
             "(to 0.002);",
-            "- with the tutorial's conventions (the defaults) the differences are the documented ones (README: \"The scratch BatchNorm, and how it differs\"), "
+            "- with the tutorial's conventions (the defaults) the differences are the documented ones (README: "
+            "\"The scratch BatchNorm, and how it differs\"), "
             "each shown by a test that fails otherwise: the momentum number counts from the other end (0.9 vs "
             "0.1 give the same average; the same number gives a different one); eps is 1e-5 in both; the moving "
             "variance is biased here and unbiased there, and handing ours the unbiased variance removes every "

@@ -226,7 +226,8 @@ def test_hparams_reads_bools_as_true_false_and_a_mixed_key_without_a_domain(tmp_
     assert not infos["bn.momentum"].HasField("domain_discrete")
     ssi = hp_metadata.parse_session_start_info_plugin_data(
         read(tmp_path / "b" / "tb").SummaryMetadata(hp_metadata.SESSION_START_INFO_TAG).plugin_data.content)
-    assert ssi.hparams["eval.precise_bn"].string_value == "false" and ssi.hparams["bn.momentum"].string_value == "default"
+    assert ssi.hparams["eval.precise_bn"].string_value == "false"
+    assert ssi.hparams["bn.momentum"].string_value == "default"
 
 
 def test_config_has_log_tensorboard_off_by_default():
