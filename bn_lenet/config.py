@@ -79,6 +79,8 @@ class DataConfig:
 @dataclass
 class LogConfig:
     grad_norms: bool = False       # grad_norms.jsonl: per epoch, mean gradient L2 norm of every weight, gamma, beta
+    tensorboard: bool = False      # also write TensorBoard event files into the run's tb/ (bn_lenet/tb_log.py);
+                                   # needs the extra: pip install 'bn-lenet[tensorboard]'
 
 
 @dataclass

@@ -20,8 +20,8 @@ from .train import EpochStats
 # For tests/test_resume.py only: BN_LENET_TEST_SIGNAL="SIGKILL@checkpoint:2" makes this process send itself
 # that signal when it reaches that point, so the tests can kill a real run at exact moments (mid-epoch,
 # mid-write, ...). Points: batch:N (before the N-th training batch of this process), checkpoint:E (epoch E's
-# checkpoint saved, nothing else yet), half-written:FILE (FILE's temporary copy half written). Unset, as in
-# normal use, it does nothing.
+# checkpoint saved, nothing else yet), half-written:FILE (FILE's temporary copy half written), tensorboard:E
+# (epoch E logged to TensorBoard, its checkpoint not yet saved). Unset, as in normal use, it does nothing.
 
 def signal_for_tests(point: str) -> None:
     spec = os.environ.get("BN_LENET_TEST_SIGNAL")

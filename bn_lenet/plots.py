@@ -1,8 +1,11 @@
 """Figures: learning curves (d2l style), gamma/beta per channel, and comparisons over seeds."""
 
+import sys
+
 import matplotlib
 
-matplotlib.use("Agg")  # files only; no display needed
+if "ipykernel" not in sys.modules:  # in a notebook, keep its inline backend: the user's own figures show there
+    matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
@@ -15,8 +18,14 @@ def _save(fig, path) -> None:
 
 def curves(rows: list, path, title: str = "") -> None:
     """Train loss, train acc and test acc against epoch, on one axis, as the tutorial's animator draws them."""
-    epochs = [r["epoch"] for r in rows]
     fig, ax = plt.subplots(figsize=(5, 3.5))
+    draw_curves(ax, rows, title)
+    _save(fig, path)
+
+
+def draw_curves(ax, rows: list, title: str = "") -> None:
+    """curves() on a given axis (also the notebook's live plot, live_plot.py)."""
+    epochs = [r["epoch"] for r in rows]
     ax.plot(epochs, [r["loss"] for r in rows], "-", label="train loss")
     ax.plot(epochs, [r["train_acc"] for r in rows], "m--", label="train acc")
     ax.plot(epochs, [r["test_acc"] for r in rows], "g-.", label="test acc")
@@ -27,7 +36,6 @@ def curves(rows: list, path, title: str = "") -> None:
     ax.grid(True, alpha=0.3)
     ax.legend()
     ax.set_title(title, fontsize=9)
-    _save(fig, path)
 
 
 def bn_params(params: dict, path, title: str = "") -> None:

@@ -26,6 +26,7 @@ import torch
 
 from . import config as config_mod
 from . import data as data_mod
+from . import tb_log
 from .errors import UserError
 from .files import (signal_for_tests, load_checkpoint, read_json, read_metrics, save_checkpoint, write_atomic,
                     write_json, write_jsonl, write_metrics)
@@ -146,15 +147,17 @@ def checkpoint_of(run_dir: Path, cfg):
 
 
 def train_run(cfg, out=None, name="run", data=None, progress=False, log=print, resume=False,
-              log_error=None) -> dict:
+              log_error=None, on_epoch=None) -> dict:
     """Train one run into its directory (new, or ``out`` resumed). Returns meta.json's content.
 
     Diverged and interrupted runs keep every finished epoch on disk and say so in meta.json["status"],
-    with a one-line ``message`` (also passed to ``log_error``, default ``log``).
+    with a one-line ``message`` (also passed to ``log_error``, default ``log``). ``on_epoch(stats, model)``
+    runs after each saved epoch (the Python API's live plot).
     """
     # From here on Ctrl-C / SIGTERM stop the run at the next batch boundary, whenever they come.
     with stop_on_signals() as stop_requested:
-        meta = _train_run(cfg, out, name, data, progress, log, resume, log_error or log, stop_requested)
+        meta = _train_run(cfg, out, name, data, progress, log, resume, log_error or log, stop_requested,
+                          on_epoch)
     if stop_requested() and meta["status"] == "finished":
         # The stop came after the last batch: this run is complete and saved, but a caller running many
         # runs (the seed study) must stop too, not start the next one.
@@ -162,10 +165,13 @@ def train_run(cfg, out=None, name="run", data=None, progress=False, log=print, r
     return meta
 
 
-def _train_run(cfg, out, name, data, progress, log, resume, log_error, stop_requested) -> dict:
-    # User errors (a bad --out, no GPU, no data) are found before anything is written.
+def _train_run(cfg, out, name, data, progress, log, resume, log_error, stop_requested, on_epoch) -> dict:
+    # User errors (a bad --out, no GPU, no data, log.tensorboard without TensorBoard) are found before anything
+    # is written.
     if out and not resume:
         check_out(out)
+    if cfg.log.tensorboard:
+        tb_log.require()
     _set_threads(cfg)
     device = resolve_device(cfg.train.device)
     data = (data or data_mod.load_dataset(cfg.data.root or None)).to(device)
@@ -204,6 +210,7 @@ def _train_run(cfg, out, name, data, progress, log, resume, log_error, stop_requ
         meta.update(epochs_done=start)
         meta.setdefault("resumed", []).append({"at_epoch": start, "time": _now(), "command": " ".join(sys.argv)})
     write_json(run_dir / "meta.json", meta)
+    tb = tb_log.open_run(run_dir, cfg, start, resumed=resume) if cfg.log.tensorboard else None
 
     diverged_because = []
 
@@ -220,6 +227,9 @@ def _train_run(cfg, out, name, data, progress, log, resume, log_error, stop_requ
         if grad_norms is not None:
             grad_rows.append(grad_norms.row(stats.epoch))
             state["grad_norms"] = grad_rows
+        if tb is not None:  # before the checkpoint: a kill in between is purged on resume, never a gap
+            tb_log.log_epoch(tb, history[-1], model, optimizer.param_groups[0]["lr"])
+            signal_for_tests(f"tensorboard:{stats.epoch}")
         save_checkpoint(run_dir / "checkpoint.pt", state)
         signal_for_tests(f"checkpoint:{stats.epoch}")
         write_epoch_files(run_dir, history, bn_history, grad_rows)
@@ -227,6 +237,8 @@ def _train_run(cfg, out, name, data, progress, log, resume, log_error, stop_requ
         write_json(run_dir / "meta.json", meta)
         if not progress:
             log(format_epoch(stats))
+        if on_epoch is not None:
+            on_epoch(stats, model)
 
     batches = itertools.count(1)
 
@@ -247,6 +259,9 @@ def _train_run(cfg, out, name, data, progress, log, resume, log_error, stop_requ
         meta.update(status="interrupted", interrupted_at={"epoch": e.epoch, "batch": e.batch},
                     message=f"interrupted during epoch {e.epoch}; kept the {len(history)} finished epoch(s) "
                             f"in {run_dir}. Continue with: bn-lenet run --resume {run_dir}")
+    finally:
+        if tb is not None:
+            tb.close()
     meta["ended"] = _now()
     write_json(run_dir / "meta.json", meta)
     if "message" in meta:

@@ -9,13 +9,12 @@ Every number and every sentence that judges a number is computed here from the r
 import statistics
 from pathlib import Path
 
-from . import plots
+from . import plots, published
 from .stats import describe, final, finished, permutation_p, ranges_overlap, swing, welch_t
 
-# REFERENCE.md: the tutorial's published final figures (V100). Quoted to place them in our distribution.
-PUBLISHED = [("scratch", "d2l-zh v2.0.0", 0.273, 0.899, 0.807), ("torch", "d2l-zh v2.0.0", 0.267, 0.902, 0.708),
-             ("scratch", "d2l-en 0.17.5", 0.269, 0.900, 0.838), ("torch", "d2l-en 0.17.5", 0.278, 0.897, 0.836)]
-PUBLISHED_RANGE = {"scratch": (0.59, 0.88), "torch": (0.70, 0.89)}  # "across a dozen published builds"
+# The tutorial's published final figures (V100 builds; sources in published.py), placed in our distribution.
+PUBLISHED = [(p.variant, p.source, p.loss, p.train_acc, p.test_acc) for p in published.RUNS]
+PUBLISHED_RANGE = published.TEST_ACC_RANGE
 LABELS = plots.LABELS
 SWING_EPOCHS = 5
 ALPHA = 0.05
@@ -181,8 +180,7 @@ def swing_section(study, bn_variants, curves) -> list:
 
 def published_section(study) -> list:
     lines = ["## Where the tutorial's published figures fall in our distribution", "",
-             "Published figures are quoted from ../shared/REFERENCE.md (V100 builds), not measured here. "
-             "\"k of n below\": how many of our finished runs have a lower value.", "",
+             published.citation() + " \"k of n below\": how many of our finished runs have a lower value.", "",
              "| variant | source | published loss / train acc / test acc | our test acc (moving) | ours below the "
              "published test acc | our train acc | our loss |", "|---|---|---|---|---|---|---|"]
     for v, source, loss, train_acc, test_acc in PUBLISHED:
@@ -261,7 +259,8 @@ def equivalence_section() -> list:
             "(losses to 1e-10, parameters and moving statistics to 1e-9), and on the real data in float32 the same "
             "per-batch loss curve over the first 40 batches of epoch 1 (to 1e-4) and the same test accuracy "
             "(to 0.002);",
-            "- with the tutorial's conventions (the defaults) the differences are those of REFERENCE.md's table, "
+            "- with the tutorial's conventions (the defaults) the differences are the documented ones (README: "
+            "\"The scratch BatchNorm, and how it differs\"), "
             "each shown by a test that fails otherwise: the momentum number counts from the other end (0.9 vs "
             "0.1 give the same average; the same number gives a different one); eps is 1e-5 in both; the moving "
             "variance is biased here and unbiased there, and handing ours the unbiased variance removes every "

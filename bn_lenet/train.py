@@ -373,5 +373,5 @@ def fit(model: nn.Module, data: FashionMNIST, cfg, optimizer=None, start_epoch: 
 def _progress_bar(enabled: bool, total: int, epoch: int, epochs: int):
     if not enabled:
         return None
-    from tqdm import tqdm
+    from tqdm.auto import tqdm  # the notebook's widget bar in Jupyter, the text bar elsewhere
     return tqdm(total=total, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=True, dynamic_ncols=True)

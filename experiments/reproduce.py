@@ -27,20 +27,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bn_lenet import config, data as data_mod, runs  # noqa: E402
+from bn_lenet import config, data as data_mod, published, runs  # noqa: E402
 from bn_lenet.cli import run_main  # noqa: E402
 from bn_lenet.errors import UserError  # noqa: E402
 from bn_lenet.files import read_json  # noqa: E402
 from bn_lenet.train import resolve_device  # noqa: E402
 
 VARIANTS = {"scratch_bn": "configs/scratch_bn.toml", "torch_bn": "configs/torch_bn.toml"}
-# REFERENCE.md: the tutorial's published runs (V100). Quoted, never measured here.
-PUBLISHED = [
-    ("scratch_bn", "d2l-zh v2.0.0 (V100)", 0.273, 0.899, 0.807, 32293.9),
-    ("torch_bn", "d2l-zh v2.0.0 (V100)", 0.267, 0.902, 0.708, 50597.3),
-    ("scratch_bn", "d2l-en 0.17.5 (V100)", 0.269, 0.900, 0.838, 34608.7),
-    ("torch_bn", "d2l-en 0.17.5 (V100)", 0.278, 0.897, 0.836, 63564.3),
-]
+# The tutorial's published runs (V100; sources in bn_lenet/published.py). Quoted, never measured here.
+PUBLISHED = [(f"{p.variant}_bn", f"{p.source} (V100)", p.loss, p.train_acc, p.test_acc, p.examples_per_sec)
+             for p in published.RUNS]
 KEEP = ("config.toml", "metrics.jsonl", "metrics.csv", "bn_params.json", "bn_history.json", "meta.json",
         "curves.png", "bn_params.png")
 
@@ -163,9 +159,10 @@ def summary(cfgs, metas, wall, argv, how) -> str:
                      f"| {last['test_acc']:.3f} | {eps:,.0f} |")
     for name, source, loss, tr, te, eps in PUBLISHED:
         lines.append(f"| {name} | published, {source} | {loss:.3f} | {tr:.3f} | {te:.3f} | {eps:,.0f} |")
-    lines += ["", "Published figures are quoted from the tutorial's builds (../shared/REFERENCE.md), not measured "
-              "here. Final test accuracy at lr 1.0 is very noisy from run to run (published builds range "
-              "0.59-0.89); see results/sweeps/compare/ for the distribution over seeds.", "",
+    low = min(lo for lo, _ in published.TEST_ACC_RANGE.values())
+    high = max(hi for _, hi in published.TEST_ACC_RANGE.values())
+    lines += ["", published.citation() + f" Final test accuracy at lr 1.0 is very noisy from run to run (published "
+              f"builds range {low:.2f}-{high:.2f}); see results/sweeps/compare/ for the distribution over seeds.", "",
               "## Learned gamma/beta of the first BN layer (conv1.bn)", ""]
     for name, meta in metas.items():
         for line in runs.summary_lines(meta["run_dir"])[2:]:

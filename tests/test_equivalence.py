@@ -1,5 +1,6 @@
 """The scratch BatchNorm and nn.BatchNorm are the same layer under PyTorch's conventions, and under the
-tutorial's they differ only where REFERENCE.md's table says; precise BN computes what it claims for both.
+tutorial's they differ only where documented (README: "The scratch BatchNorm, and how it differs"); precise BN
+computes what it claims for both.
 
 Extends tests/test_batchnorm.py (one training step's forward and gradients, 20 steps of moving statistics)
 to eval-mode gradients, long runs of varying batch size, every momentum, whole LeNets and precise BN.
@@ -124,7 +125,7 @@ def test_first_epoch_loss_curve_and_test_accuracy_match_on_real_data(fashion_mni
     assert abs(evaluate(ours, *test) - evaluate(theirs, *test)) <= 0.002  # at most 4 of 2000 flip
 
 
-# --- the tutorial's conventions: differences exactly as in REFERENCE.md's table ---------------------------
+# --- the tutorial's conventions: differences exactly as documented (README) --------------------------------
 
 def test_default_momenta_count_from_opposite_ends_and_are_the_same_average():
     ours, theirs = bn_pair(2)  # defaults: ours 0.9 (weight on the old value), nn.BatchNorm 0.1 (on the new)

@@ -33,6 +33,7 @@ def test_side_by_side_reproduction_trains_both_variants_and_writes_the_summary(t
     assert "[scratch_bn] epoch 1:" in out and "[torch_bn] epoch 1:" in out
     summary = (tmp_path / "out" / "summary.md").read_text()
     assert "side by side, 1 thread(s) each (--jobs 2)" in summary
+    assert "d2l-en 0.17.5 = Dive into Deep Learning" in summary  # the published figures' source, in full
     for name in ("scratch_bn", "torch_bn"):
         meta = json.loads((tmp_path / "out" / name / "meta.json").read_text())
         assert meta["status"] == "finished" and meta["threads"] == 1

@@ -92,6 +92,7 @@ def test_compare_report_only_writes_every_section_and_figure_from_the_run_files(
     assert text.startswith("# Scratch BN vs nn.BatchNorm vs no BN over 2 seeds\n")
     assert "bn-lenet sweep configs/sweeps/compare.toml --seeds 2 --set train.epochs=2" in text
     assert "regenerated from those files by `" in text
+    assert "d2l-zh v2.0.0 = Dive into Deep Learning" in text  # the published figures' source, in full
 
 
 def test_a_diverged_run_is_reported_and_left_out_of_the_averages(tiny, tmp_path):
