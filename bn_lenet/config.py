@@ -20,6 +20,8 @@ from . import options
 from .errors import ConfigError
 from .options import NORMS
 
+LR_SCHEDULES = ("constant", "cosine", "step")  # train.epoch_lr says what each does
+
 
 # --- defaults: the tutorial's setup --------------------------------------------------------------------
 
@@ -50,6 +52,7 @@ class BNConfig:
 @dataclass
 class TrainConfig:
     lr: float = 1.0                # SGD, no momentum, no weight decay
+    lr_schedule: str = "constant"  # "constant" (the tutorial's) | "cosine" | "step": per epoch (train.epoch_lr)
     epochs: int = 10
     batch_size: int = 256
     seed: int = 0                  # weights init and the per-epoch training order
@@ -128,6 +131,7 @@ def validate(cfg: Config) -> Config:
         ("train.device", t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:"),
          '"auto", "cpu", "cuda" or "cuda:N"'),
         ("train.limit_batches", t.limit_batches >= 0, ">= 0 (0 = all batches)"),
+        ("train.lr_schedule", t.lr_schedule in LR_SCHEDULES, '"constant", "cosine" or "step"'),
         ("train.precision", t.precision in PRECISIONS, '"fp32", "tf32" or "bf16"'),
         ("train.threads", t.threads >= 0, ">= 0 (0 = torch's default)"),
         ("eval.batch_size", e.batch_size >= 1, ">= 1"),
@@ -138,6 +142,11 @@ def validate(cfg: Config) -> Config:
             section, name = key.split(".")
             value = getattr(getattr(cfg, section), name)
             raise ConfigError(f"{key} = {value!r} is out of range: it must be {allowed}")
+    if t.lr_schedule != "constant" and t.cuda_graph:
+        # The captured step replays the lr it was captured with: a schedule would silently not apply.
+        raise ConfigError(f"train.lr_schedule = {t.lr_schedule!r} cannot be used with train.cuda_graph = true (a "
+                          f"captured step keeps the lr it was captured with); use lr_schedule = \"constant\" or "
+                          f"turn cuda_graph off")
     if t.compile and t.cuda_graph:
         # Never run together (torch.compile's code inside our own whole-step graph capture): refused until it
         # has been verified on a GPU (then allow it and say where).
