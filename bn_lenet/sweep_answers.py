@@ -18,7 +18,10 @@ def generic(sweep: dict) -> list:
     scored = sorted([(d, p) for d, p in scored if d["n"]], key=lambda dp: dp[0]["mean"], reverse=not lower_is_better)
     n_runs = len(sweep["runs"])
     lines = ["## Answer", ""]
-    if not scored:
+    if metric not in sweep["metrics"]:
+        lines.append(f"These runs do not record {metric!r} (they record {', '.join(sweep['metrics'])}): fix the "
+                     f"spec's [report] lead.")
+    elif not scored:
         lines.append(f"No run finished with a final {metric}.")
     else:
         (best, bp), (worst, wp) = scored[0], scored[-1]

@@ -246,10 +246,18 @@ def connect_ray(address, cpus: int):
                             f"{str(e).splitlines()[0] if str(e) else ''})") from None
     else:
         # The local workers import this very code, even when another bn_lenet is installed in the venv.
+        # Ray's processes take the environment they start with; ours is restored after.
+        saved = os.environ.get("PYTHONPATH")
         package_root = str(Path(__file__).resolve().parents[1])
-        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
-        ray.init(num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
-                 configure_logging=False)
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, saved) if p)
+        try:
+            ray.init(num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
+                     configure_logging=False)
+        finally:
+            if saved is None:
+                del os.environ["PYTHONPATH"]
+            else:
+                os.environ["PYTHONPATH"] = saved
     return ray
 
 

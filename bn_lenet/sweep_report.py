@@ -22,6 +22,7 @@ from pathlib import Path
 from . import plots
 from .files import read_json, read_metrics
 from .stats import describe, examples_per_sec, finished
+from .sweep_spec import toml_literal
 
 STUCK_ACC = 0.15  # 10 classes: chance is 0.10
 NOT_METRICS = ("epoch", "examples_per_sec", "seconds")
@@ -96,7 +97,8 @@ def write_summary_csv(sweep: dict, path: Path) -> list:
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
         writer.writeheader()
-        writer.writerows({k: (repr(v) if isinstance(v, list) else v) for k, v in row.items()} for row in rows)
+        writer.writerows({k: (toml_literal(v) if isinstance(v, (bool, list)) else v) for k, v in row.items()}
+                         for row in rows)
     return rows
 
 
@@ -203,8 +205,9 @@ def write_report(spec: dict, out, planned: list, provenance: dict) -> Path:
     write_summary_csv(sweep, sweep["out"] / "summary.csv")
     title = spec["title"].replace("{seeds}", str(len(spec["seeds"]))) if spec["title"] else f"Sweep {spec['name']}"
     lines = [f"# {title}", ""]
-    if spec["question"]:
-        lines += [spec["question"].strip(), ""]
+    question = spec["question"].strip() or (f"How do the final {', '.join(spec['report']['lead'])} depend on "
+                                            f"{', '.join(sweep['keys']) or 'the seed'}?")
+    lines += [question, ""]
     lines += ANSWERS[spec["report"]["answer"]](sweep)
     lines += table(sweep)
     made = [(name, caption) for name, caption in figures(sweep)]
