@@ -58,6 +58,9 @@ def plan(spec: dict, out: Path) -> list:
     """The runs with what each needs ('new', 'done', 'resume', 'restart'); raises on any bad input."""
     planned = resolve_runs(spec, out)
     check_out(out, planned)
+    if any(r["cfg"].log.tensorboard for r in planned):
+        from .tb_log import require
+        require()  # without the extra: one error line now, not one per run
     for run in planned:
         run["state"] = run_state(run["dir"], run["cfg"])
     return planned
@@ -166,7 +169,28 @@ def write(spec: dict, out: Path, planned: list, provenance=None, report_command=
     write_sweep_json(spec, out, planned, provenance)
     path = sweep_report.write_report(spec, out, planned, provenance)
     print(f"report: {path}")
+    if any(r["cfg"].log.tensorboard for r in planned):
+        write_tensorboard_hparams(out, planned)
     return 0
+
+
+def write_tensorboard_hparams(out: Path, planned: list) -> None:
+    """With log.tensorboard on, every run already logged its curves under runs/<point>/seed-<s>/tb; this adds
+    TensorBoard's HParams summary (the swept keys and the seed as hyperparameters, the final epoch's metrics),
+    so `tensorboard --logdir OUT` shows the whole sweep as a table and in parallel coordinates."""
+    from . import tb_log
+    from .files import read_metrics
+    rows = []
+    for r in planned:
+        metrics = read_metrics(r["dir"])
+        if not metrics:
+            continue  # nothing finished yet: no final values to show
+        final = {k: v for k, v in metrics[-1].items() if k != "epoch" and isinstance(v, (int, float))
+                 and not isinstance(v, bool)}
+        rows.append({"run": str(Path(r["dir"]).relative_to(out)), "hparams": {**r["values"], "train.seed": r["seed"]},
+                     "metrics": final})
+    if rows:
+        tb_log.write_hparams(out, rows)
 
 
 def spec_for(target: str, grid=(), seeds=None, sets=()) -> dict:

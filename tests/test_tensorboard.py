@@ -244,3 +244,26 @@ def test_a_checkpoint_from_before_the_log_section_still_resumes(tmp_path):
     torch.save({"config": dict(old, train=dict(old["train"], lr=0.5)), "epoch": 1}, tmp_path / "checkpoint.pt")
     with pytest.raises(runs.UserError, match="differs from the config saved"):
         runs.checkpoint_of(tmp_path, cfg)
+
+
+def test_a_sweep_with_log_tensorboard_shows_each_run_and_its_hparams_in_tensorboard(tmp_path):
+    """A real sweep (2 points x 1 seed, 1 epoch of 2 batches): each run logs its curves under its readable
+    run directory, and the sweep's HParams summary lists the swept key and the seed."""
+    from bn_lenet.cli import main
+    spec = tmp_path / "tiny.toml"
+    spec.write_text('config = "configs/scratch_bn.toml"\nseeds = 1\n[set]\n"train.epochs" = 1\n'
+                    '"train.limit_batches" = 2\n"train.device" = "cpu"\n"log.tensorboard" = true\n'
+                    '[grid]\n"model.norm" = ["scratch", "torch"]\n')
+    out = tmp_path / "out"
+    assert main(["sweep", str(spec), "--out", str(out), "--jobs", "1", "--quiet"]) == 0
+    mux = EventMultiplexer()
+    mux.AddRunsFromDirectory(str(out))
+    mux.Reload()
+    content = mux.PluginRunToTagToContent(hp_metadata.PLUGIN_NAME)
+    [exp] = [hp_metadata.parse_experiment_plugin_data(tags[hp_metadata.EXPERIMENT_TAG])
+             for tags in content.values() if hp_metadata.EXPERIMENT_TAG in tags]
+    assert [h.name for h in exp.hparam_infos] == ["model.norm", "train.seed"]
+    runs = sorted(run for run, tags in content.items() if hp_metadata.SESSION_START_INFO_TAG in tags)
+    assert runs == ["runs/norm=scratch/seed-0/tb", "runs/norm=torch/seed-0/tb"]
+    for run in runs:
+        assert steps(read(out / Path(run)), "accuracy/test") == [1]  # the run's own curve, one epoch
