@@ -58,3 +58,13 @@ def compare(sweep: dict) -> list:
 
 
 ANSWERS = {"generic": generic, "compare": compare}
+
+
+# {answer name: fn(sweep) -> str}: the answer in one line with its key number, for the index of every study
+# (bn_lenet/sweep_index.py); a study without one gets the generic best-point line there.
+ONE_LINE = {}
+
+from . import answers_affine, answers_variants  # noqa: E402  (the studies of issue 12; they import nothing from here)
+for _module in (answers_affine, answers_variants):
+    ANSWERS.update(_module.ANSWERS)
+    ONE_LINE.update(_module.ONE_LINE)
