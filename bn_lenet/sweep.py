@@ -166,6 +166,9 @@ def write(spec: dict, out: Path, planned: list, provenance=None, report_command=
     write_sweep_json(spec, out, planned, provenance)
     path = sweep_report.write_report(spec, out, planned, provenance)
     print(f"report: {path}")
+    if Path(out).resolve().parent == SWEEPS_DIR.resolve():  # a study in results/sweeps/: keep its index current
+        from .sweep_index import write_index
+        print(f"index: {write_index(SWEEPS_DIR)}")
     return 0
 
 

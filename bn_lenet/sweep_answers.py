@@ -64,6 +64,21 @@ ANSWERS = {"generic": generic, "compare": compare}
 # (bn_lenet/sweep_index.py); a study without one gets the generic best-point line there.
 ONE_LINE = {}
 
+
+def compare_one_line(sweep: dict) -> str:
+    """Scratch vs nn.BatchNorm vs no BN: final test accuracy, moving and re-estimated (precise BN) statistics."""
+    from .answers_common import finals, mean
+    parts = []
+    for p in sweep["points"]:
+        moving, precise = finals(p), finals(p, "test_acc_precise")
+        if moving:
+            parts.append(f"{p['values'].get('model.norm', p['id'])} {mean(moving):.3f}"
+                         + (f" ({mean(precise):.3f} precise BN)" if precise else ""))
+    return ("final test acc " + ", ".join(parts)) if parts else "no run finished yet"
+
+
+ONE_LINE["compare"] = compare_one_line
+
 from . import answers_affine, answers_variants  # noqa: E402  (the studies of issue 12; they import nothing from here)
 for _module in (answers_affine, answers_variants):
     ANSWERS.update(_module.ANSWERS)

@@ -3,8 +3,7 @@ sweeps whose outcome is known by construction: run directories with the files a 
 metrics.jsonl, meta.json, bn_params.json), loaded as the sweep report loads them. No training."""
 
 import json
-
-import pytest
+from pathlib import Path
 
 from bn_lenet import config as config_mod
 from bn_lenet.answers_affine import bias_cancels, point_config
@@ -50,11 +49,11 @@ def make_sweep(tmp_path, name: str, points: list, lead=("test_acc", "loss")) -> 
             acc = run.get("acc", curve(0.85))
             loss = run.get("loss", [1.0 - a for a in acc])
             write_metrics(d, [{"epoch": e + 1, "loss": l, "train_acc": a, "test_acc": a, "examples_per_sec": 1000.0,
-                               "seconds": 1.0} for e, (a, l) in enumerate(zip(acc, loss))])
+                               "seconds": run.get("seconds", 1.0)} for e, (a, l) in enumerate(zip(acc, loss))])
             write_json(d / "meta.json", {"status": run.get("status", "finished"), "epochs_done": len(acc)})
             if run.get("bn") is not None:
                 write_json(d / "bn_params.json", run["bn"])
-            planned.append({"point": pid, "values": values, "seed": seed, "dir": d})
+            planned.append({"point": pid, "values": values, "seed": seed, "dir": d, "overrides": overrides})
     spec = {"name": name, "title": name, "question": "?", "report": {"lead": list(lead), "answer": name},
             "spec_file": f"configs/sweeps/{name}.toml", "config": "configs/scratch_bn.toml", "seeds": list(SEEDS)}
     return spec, out, planned
@@ -219,3 +218,47 @@ def test_the_sweep_report_carries_a_study_answer_before_its_table(tmp_path):
     assert text.index("## Answer") < text.index("## Results per point")
     assert "![beta with and without the bias](bias_beta.png)" in text
     assert json.loads((out / "runs" / "norm=scratch,bias=true" / "seed-0" / "meta.json").read_text())["status"]
+
+
+# --- the index ------------------------------------------------------------------------------------------
+
+def test_the_index_lists_every_study_with_its_one_line_answer_link_and_compute_time(tmp_path, monkeypatch):
+    from bn_lenet import sweep
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "configs").symlink_to(Path(__file__).resolve().parents[1] / "configs")
+    root = tmp_path / "results" / "sweeps"
+    spec, out, planned = make_sweep(root, "bias", bias_points(0.0))
+    sweep.write(spec, out, planned, {})  # a study under results/sweeps/: its report step writes the index
+    index = (root / "README.md").read_text()
+    assert "| [bias](bias/report.md) | bias | scratch BN test acc 0.880 without bias vs 0.880 with" in index
+    # a study without its own one-line answer: the generic best point; 3 seeds x 5 epochs x 60 s = 15 min
+    spec, out, planned = make_sweep(root, "plain", [({"train.lr": 0.1}, runs([0.7, 0.8, 0.9], seconds=60.0)),
+                                                    ({"train.lr": 1.0}, runs([0.5, 0.5, 0.5]))])
+    spec["report"]["answer"] = "generic"
+    sweep.write(spec, out, planned, {})
+    index = (root / "README.md").read_text()
+    assert "| [bias](bias/report.md) |" in index
+    assert ("| [plain](plain/report.md) | plain | best final test_acc: lr=0.1, 0.800 ± 0.100 (n=3) | 15 min in epochs, "
+            "6 of 6 runs done |") in index
+
+
+def test_a_sweep_outside_results_sweeps_leaves_no_index(tmp_path, monkeypatch):
+    from bn_lenet import sweep
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "configs").symlink_to(Path(__file__).resolve().parents[1] / "configs")
+    spec, out, planned = make_sweep(tmp_path / "elsewhere", "bias", bias_points(0.0))
+    sweep.write(spec, out, planned, {})
+    assert not (tmp_path / "elsewhere" / "README.md").exists() and (out / "report.md").is_file()
+
+
+def test_the_readme_list_is_replaced_between_its_markers_only(tmp_path):
+    from bn_lenet.sweep_index import BEGIN, END, update_readme
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{BEGIN}\n- stale line\n{END}\noutro\n")
+    rows = [{"question": "Bias before BN", "report": "bias/report.md", "answer": "test acc 0.880"}]
+    assert update_readme(readme, Path("results/sweeps"), rows)
+    assert readme.read_text() == (f"intro\n{BEGIN}\n- [Bias before BN](results/sweeps/bias/report.md): test acc 0.880.\n"
+                                  f"{END}\noutro\n")
+    (tmp_path / "plain.md").write_text("no markers\n")
+    assert not update_readme(tmp_path / "plain.md", Path("results/sweeps"), rows)
+    assert (tmp_path / "plain.md").read_text() == "no markers\n"
