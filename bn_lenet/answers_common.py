@@ -144,3 +144,13 @@ def ranked(points: list, metric: str = "test_acc") -> list:
     """Points with at least one finished run, best final mean first."""
     scored = [(mean(finals(p, metric)), p) for p in points if finals(p, metric)]
     return [p for _, p in sorted(scored, key=lambda sp: -sp[0])]
+
+
+def loss_note(a_point, b_point, name_a: str, name_b: str) -> str:
+    """A sentence when the final training loss separates two points beyond seed noise (it is far steadier over
+    seeds than the test accuracy with the moving statistics, which swings from epoch to epoch), else ''."""
+    a, b = finals(a_point, "loss"), finals(b_point, "loss")
+    if not beyond_noise(a, b):
+        return ""
+    return (f" The final training loss does separate them: {name_a} {ms(a)} against {name_b} {ms(b)}, beyond seed "
+            f"noise (the test accuracy with the moving statistics swings from epoch to epoch and hides it).")

@@ -10,7 +10,7 @@ generic table and figures. Every number and every judging word is computed from 
 """
 
 from .answers_common import (at_epoch, beyond_noise, by_seed, diff_line, epoch_table, finals, find, gain_share,
-                             mean, ms, paired, pct, status_note)
+                             loss_note, mean, ms, paired, pct, status_note)
 from .options import LAYERS
 from .stats import describe
 
@@ -52,9 +52,9 @@ def layers(sweep: dict) -> list:
     if not full or not bare:
         lines += ["Not enough finished runs to say yet.", ""]
     elif not beyond_noise(full, bare):
-        lines += ["BN in every layer does not beat no BN beyond seed noise here, so no layer carries a gain to "
-                  "speak of at this learning rate; the chapter's claim that BN helps does not show in the final "
-                  "accuracy (look at the early epochs below).", ""]
+        lines += ["BN in every layer does not beat no BN in final test accuracy beyond seed noise here, so no layer "
+                  "carries a gain in it; the chapter's claim that BN helps does not show in the final test accuracy "
+                  "(look at the early epochs below)." + loss_note(all_four, none, "all four", "no layer"), ""]
     elif scored:
         best_share, best = max(scored, key=lambda sp: sp[0])
         name = label[best["id"]]
@@ -102,12 +102,14 @@ def placement(sweep: dict) -> list:
         judged.append((act, b, a))
     lines += ["", "### What it means for you", ""]
     for act, b, a in judged:
+        pair = next((bp, ap) for x, bp, ap in _placement_pairs(sweep) if x == act)
         if not b or not a:
             lines.append(f"- {act}: not enough finished runs to say.")
         elif not beyond_noise(b, a):
             lines.append(f"- {act}: the placement does not matter beyond seed noise here ({mean(b) - mean(a):+.3f}): "
                          f"this agrees with the article that says it hardly matters; the BN paper's choice (before "
-                         f"the nonlinearity) is not better here, just not worse.")
+                         f"the nonlinearity) is not better here, just not worse."
+                         + loss_note(pair[0], pair[1], "before", "after"))
         elif mean(b) > mean(a):
             lines.append(f"- {act}: before wins by {mean(b) - mean(a):.3f} on every seed: the BN paper's choice (BN "
                          f"between the layer and its nonlinearity, as in the tutorial) holds here.")
@@ -164,7 +166,8 @@ def _lite_meaning(halves, none) -> list:
     c, s = finals(halves["mean"]), finals(halves["var"])
     if not beyond_noise(full, bare):
         return [f"Full BN does not beat no BN beyond seed noise here ({diff_line('full', full, 'none', bare)}), so "
-                f"neither half has a gain to carry at the end; compare the early epochs below."]
+                f"neither half has a gain in final test accuracy to carry; compare the early epochs below."
+                + loss_note(halves["full"], none, "full BN", "no BN")]
     working = [(LITE[k], v) for k, v in (("mean", c), ("var", s)) if v and not beyond_noise(v, full)]
     if len(working) == 2:
         return ["Either half alone is within seed noise of full BN: here one of them is enough."]
@@ -232,7 +235,8 @@ def conventions(sweep: dict) -> list:
              f"seed: same initial weights and batches, so the difference is the convention's alone):", ""]
     for name, a, b, cols in effects:
         changed = [("epoch " + str(e)) if e else "the end" for e, (_, ch) in cols.items() if ch]
-        where = f"changes test acc after {', '.join(changed)}" if changed else "changes no test acc figure measurably"
+        where = (f"changes test acc after {', '.join(changed)}" if changed else "changes no test acc figure measurably"
+                 if any(diffs for diffs, _ in cols.values()) else "no seed finished on both sides yet")
         lines.append(f"- {name}: {where}; epoch 1 {_cell(cols[1][0])}, final {_cell(cols[None][0])}"
                      f"{status_note(a)}.")
     lines += ["", "\"Changes\" = every seed moves the same way and the mean move exceeds the baseline's spread over "
@@ -253,17 +257,20 @@ def _conventions_meaning(effects) -> list:
     early = [name for name, _, _, cols in conventions_ if any(cols[e][1] for e in CONV_EPOCHS)]
     late = [name for name, _, _, cols in conventions_ if cols[None][1]]
     out = []
+    verb = lambda names: "changes" if len(names) == 1 else "change"  # noqa: E731
     if early:
-        out.append(f"Early on, {', '.join(early)} change test accuracy beyond the seed spread: the moving statistics "
-                   f"lag, so switching conventions changes how the network scores in its first epochs.")
+        lag = (" A slow momentum keeps the moving statistics near their starting values (mean 0, variance 1) for "
+               "longer, so the network evaluates with stale statistics early on." if any("momentum" in n or "keras" in n
+                                                                                        for n in early) else "")
+        out.append(f"Early on, {', '.join(early)} {verb(early)} test accuracy beyond the seed spread.{lag}")
     else:
         out.append("No convention changes early-epoch test accuracy beyond the seed spread here.")
     if late:
-        out.append(f"At the end, {', '.join(late)} still change it: pick that convention deliberately.")
+        out.append(f"At the end, {', '.join(late)} still {verb(late)} it: choose that convention deliberately.")
     else:
-        out.append("By the end of training none of them changes test accuracy beyond the seed spread: once trained, "
-                   "the convention is a detail; porting a model between the libraries needs the convention "
-                   "converted (PyTorch's momentum is 1 - m) only for the early moving statistics to match.")
+        out.append("By the end of training none of them changes test accuracy beyond the seed spread: for a fully "
+                   "trained model the convention is a detail (porting between libraries still needs PyTorch's "
+                   "momentum written as 1 - m).")
     return [" ".join(out)]
 
 

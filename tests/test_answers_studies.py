@@ -262,3 +262,12 @@ def test_the_readme_list_is_replaced_between_its_markers_only(tmp_path):
     (tmp_path / "plain.md").write_text("no markers\n")
     assert not update_readme(tmp_path / "plain.md", Path("results/sweeps"), rows)
     assert (tmp_path / "plain.md").read_text() == "no markers\n"
+
+
+def test_when_test_accuracy_swings_the_steadier_training_loss_still_tells_the_points_apart(tmp_path):
+    swinging = {s: {"acc": curve(f), "loss": [0.3 - 0.01 * e for e in range(5)]} for s, f in zip(SEEDS, (0.70, 0.90, 0.80))}
+    flat = {s: {"acc": curve(f), "loss": [0.6 - 0.01 * e for e in range(5)]} for s, f in zip(SEEDS, (0.78, 0.80, 0.79))}
+    text, _, _ = answer(tmp_path, "layers", [({"model.norm_layers": []}, flat),
+                                             ({"model.norm_layers": list(LAYERS)}, swinging)])
+    assert "does not beat no BN in final test accuracy beyond seed noise" in text
+    assert "The final training loss does separate them: all four 0.260 ± 0.000 (n=3) against no layer 0.560" in text
