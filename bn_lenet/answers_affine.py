@@ -82,11 +82,17 @@ def beta_stats(point: dict | None) -> dict:
 
 # --- bias -----------------------------------------------------------------------------------------------
 
+def bias_pair(sweep: dict, norm: str) -> tuple:
+    """(the point with the bias kept, the point with it dropped) of one norm; None where absent."""
+    return (find(sweep, {"model.norm": norm, "model.bias": True}),
+            find(sweep, {"model.norm": norm, "model.bias": False}))
+
+
 def bias(sweep: dict) -> list:
     lines = ["## Answer", ""]
     counts = {p["id"]: count_parameters(network(cfg)) for p in sweep["points"] if (cfg := point_config(p))}
     for norm, name in BN_NORMS.items():
-        kept, dropped = find(sweep, {"model.norm": norm, "model.bias": True}), find(sweep, {"model.norm": norm, "model.bias": False})
+        kept, dropped = bias_pair(sweep, norm)
         if kept is None or dropped is None:
             continue
         saved = (counts[kept["id"]] - counts[dropped["id"]]) if kept["id"] in counts and dropped["id"] in counts else None
@@ -108,7 +114,7 @@ def bias(sweep: dict) -> list:
 def _bias_meaning(sweep: dict) -> str:
     differs = []
     for norm, name in BN_NORMS.items():
-        kept, dropped = find(sweep, {"model.norm": norm, "model.bias": True}), find(sweep, {"model.norm": norm, "model.bias": False})
+        kept, dropped = bias_pair(sweep, norm)
         for metric in ("test_acc", "loss"):
             if beyond_noise(finals(dropped, metric), finals(kept, metric)):
                 differs.append(f"{name}'s {metric.replace('_', ' ')}")
@@ -182,7 +188,7 @@ def _draw_betas(sweep: dict) -> bool:
 
 
 def bias_one_line(sweep: dict) -> str:
-    kept, dropped = find(sweep, {"model.norm": "scratch", "model.bias": True}), find(sweep, {"model.norm": "scratch", "model.bias": False})
+    kept, dropped = bias_pair(sweep, "scratch")
     k, d = finals(kept), finals(dropped)
     if not k or not d:
         return "not enough finished runs yet"
