@@ -171,6 +171,9 @@ def write(spec: dict, out: Path, planned: list, provenance=None, report_command=
     print(f"report: {path}")
     if any(r["cfg"].log.tensorboard for r in planned):
         write_tensorboard_hparams(out, planned)
+    if Path(out).resolve().parent == SWEEPS_DIR.resolve():  # a study in results/sweeps/: keep its index current
+        from .sweep_index import write_index
+        print(f"index: {write_index(SWEEPS_DIR)}")
     return 0
 
 

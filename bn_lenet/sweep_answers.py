@@ -61,6 +61,32 @@ def compare(sweep: dict) -> list:
 
 
 ANSWERS = {"generic": generic, "compare": compare}
+
+
+# {answer name: fn(sweep) -> str}: the answer in one line with its key number, for the index of every study
+# (bn_lenet/sweep_index.py); a study without one gets the generic best-point line there.
+ONE_LINE = {}
+
+
+def compare_one_line(sweep: dict) -> str:
+    """Scratch vs nn.BatchNorm vs no BN: final test accuracy, moving and re-estimated (precise BN) statistics."""
+    from .answers_common import finals, mean
+    parts = []
+    for p in sweep["points"]:
+        moving, precise = finals(p), finals(p, "test_acc_precise")
+        if moving:
+            parts.append(f"{p['values'].get('model.norm', p['id'])} {mean(moving):.3f}"
+                         + (f" ({mean(precise):.3f} precise BN)" if precise else ""))
+    return ("final test acc " + ", ".join(parts)) if parts else "no run finished yet"
+
+
+ONE_LINE["compare"] = compare_one_line
+
+from . import answers_affine, answers_variants  # noqa: E402  (the studies of issue 12; they import nothing from here)
+for _module in (answers_affine, answers_variants):
+    ANSWERS.update(_module.ANSWERS)
+    ONE_LINE.update(_module.ONE_LINE)
+
 # The studies' specs name their own answers; until a study's answer function lands, its report gives the
 # generic one (the best and worst point), so its sweep can already run.
 for _name in ("lr", "test_stats", "gradients", "bias", "fixed_gamma_beta", "lite_bn", "conventions", "placement",
