@@ -212,7 +212,7 @@ def meaning(norms: dict, bns: list, none: list, ratios: dict) -> list:
             said.append("Without BN a too-small lr fails too: at lr " + ", ".join(f"{v['lr']:g}" for v in below)
                         + " it ends at " + ", ".join(f"{v['acc']['mean']:.3f}" if v["acc"]["n"] else "n/a" for v in below)
                         + " test accuracy after the same epochs: it learns too slowly, it does not diverge"
-                        + (f" (at lr {', '.join(flat)} the loss never leaves ln 10 = {UNIFORM_LOSS:.2f}, the uniform "
+                        + (f" (at lr {', '.join(flat)} the final loss is still ln 10 = {UNIFORM_LOSS:.2f}, the uniform "
                            "guess)." if flat else "."))
     if not any(v["diverged"] for vs in norms.values() for v in vs):
         said.append("No run diverged to inf/NaN: past its largest usable lr each network ends stuck at chance with a "

@@ -1,0 +1,121 @@
+"""The answers of the lr, test_stats and gradients studies (issue 11), on small sweeps built here whose
+answers are known by construction: no training, each test a fraction of a second."""
+
+import json
+import math
+
+from bn_lenet import answer_lr
+from bn_lenet.sweep_answers import ANSWERS, ONE_LINE
+from bn_lenet.sweep_report import is_stuck
+
+
+def make_run(values: dict, seed: int, status: str = "finished", rows=None, directory=None) -> dict:
+    run = {"point": ",".join(f"{k.rpartition('.')[2]}={v}" for k, v in values.items()), "values": values,
+           "seed": seed, "status": status, "rows": rows or [], "meta": {"status": status}, "dir": directory,
+           "bn_history": [], "bn_params": {}}
+    run["stuck"] = is_stuck(run)
+    return run
+
+
+def final_rows(acc: float, loss: float = 0.4, epochs: int = 3) -> list:
+    return [{"epoch": e, "loss": loss, "train_acc": acc, "test_acc": acc, "examples_per_sec": 1000.0, "seconds": 1.0}
+            for e in range(1, epochs + 1)]
+
+
+def make_sweep(points: list, lead=("test_acc",), out=None) -> dict:
+    """points: [(values, [run, ...]), ...] -> the dict sweep_report.load_sweep gives the answers."""
+    pts = [{"id": runs[0]["point"], "values": values, "runs": runs} for values, runs in points]
+    return {"spec": {"name": "t"}, "out": out, "points": pts, "runs": [r for p in pts for r in p["runs"]],
+            "lead": list(lead), "metrics": ["loss", "train_acc", "test_acc"], "keys": list(points[0][0])}
+
+
+# --- lr ---------------------------------------------------------------------------------------------------
+
+def lr_point(norm: str, lr: float, outcomes: list) -> tuple:
+    """outcomes per seed: a final test accuracy, "stuck" (finished at chance, loss ln 10), "diverged" or "running"."""
+    values = {"model.norm": norm, "train.lr": lr}
+    runs = []
+    for seed, o in enumerate(outcomes):
+        if o == "stuck":
+            runs.append(make_run(values, seed, rows=final_rows(0.10, loss=math.log(10))))
+        elif o in ("diverged", "running"):
+            runs.append(make_run(values, seed, status=o, rows=final_rows(0.5)[:1]))
+        else:
+            runs.append(make_run(values, seed, rows=final_rows(o)))
+    return values, runs
+
+
+def lr_sweep(extra=()) -> dict:
+    """No BN trains at lr 1 only (stuck below, diverged above); scratch BN trains at 0.1, 1 and 10 (the top)."""
+    return make_sweep([
+        lr_point("none", 0.1, ["stuck"] * 3),
+        lr_point("none", 1, [0.80, 0.81, 0.79]),
+        lr_point("none", 10, ["diverged"] * 3),
+        lr_point("scratch", 0.1, [0.85, 0.86, 0.84]),
+        lr_point("scratch", 1, [0.88, 0.89, 0.87]),
+        lr_point("scratch", 10, [0.72, 0.74, 0.76]),
+        *extra])
+
+
+def test_lr_is_registered_with_its_one_line():
+    assert ANSWERS["lr"] is answer_lr.answer and ONE_LINE["lr"] is answer_lr.one_line
+
+
+def test_lr_largest_that_trains_best_and_ratio_are_read_from_the_runs():
+    norms = answer_lr.by_norm(lr_sweep())
+    assert answer_lr.largest(norms["none"])["lr"] == 1
+    assert answer_lr.largest(norms["scratch"])["lr"] == 10
+    assert answer_lr.best(norms["scratch"])["lr"] == 1
+    r = answer_lr.ratio(norms["scratch"], norms["none"])
+    assert r["value"] == 10 and r["bn_at_top"] and math.isinf(r["high"]) and r["low"] == 1
+    text = "\n".join(answer_lr.answer(lr_sweep()))
+    assert text.startswith("## Answer")
+    assert "no BN trains up to lr **1**" in text and "scratch BN trains up to lr **10**" in text
+    assert "at least 10x" in text and "lower than the BN paper's 30x" in text
+    assert "0.880 ± 0.010 (n=3)" in text  # scratch BN's best: mean and sample std of 0.88, 0.89, 0.87
+
+
+def test_lr_trains_needs_every_seed_sound_and_the_mean_at_least_0_70():
+    one_stuck = answer_lr.verdict({"values": {"model.norm": "none", "train.lr": 3},
+                                   "runs": lr_point("none", 3, [0.99, 0.99, 0.99, "stuck"])[1]})
+    assert one_stuck["acc"]["mean"] > 0.70 and not one_stuck["trains"]
+    one_diverged = answer_lr.verdict({"values": {"model.norm": "none", "train.lr": 3},
+                                      "runs": lr_point("none", 3, [0.9, 0.9, "diverged"])[1]})
+    assert not one_diverged["trains"]
+    low = answer_lr.verdict({"values": {"model.norm": "none", "train.lr": 3}, "runs": lr_point("none", 3, [0.69] * 3)[1]})
+    assert not low["trains"]
+    at = answer_lr.verdict({"values": {"model.norm": "none", "train.lr": 3}, "runs": lr_point("none", 3, [0.71] * 3)[1]})
+    assert at["trains"]
+
+
+def test_lr_table_tells_diverged_from_stuck_per_lr():
+    text = "\n".join(answer_lr.answer(lr_sweep()))
+    row = {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith("| ")}
+    assert "stuck 3/3 (loss 2.3)" in row["| 0.1"] and "diverged" not in row["| 0.1"].split(" | ")[1]
+    assert "diverged 3/3" in row["| 10"].split(" | ")[1] and "stuck" not in row["| 10"].split(" | ")[1]
+    assert "**trains**" in row["| 10"].split(" | ")[2]
+    assert "test_acc_vs_lr.png" in text  # the engine's figure, shown here once
+
+
+def test_lr_ratio_of_30_or_more_agrees_with_the_paper():
+    sweep = make_sweep([lr_point("none", 0.1, [0.8] * 3), lr_point("none", 1, ["stuck"] * 3),
+                        lr_point("scratch", 0.1, [0.85] * 3), lr_point("scratch", 3, [0.85] * 3),
+                        lr_point("scratch", 10, ["diverged"] * 3)])
+    r = answer_lr.ratio(answer_lr.by_norm(sweep)["scratch"], answer_lr.by_norm(sweep)["none"])
+    assert r["value"] == 30 and r["low"] == 3 and math.isclose(r["high"], 100)
+    text = "\n".join(answer_lr.answer(sweep))
+    assert "as high as or higher than the BN paper's 30x" in text and "do not reproduce" not in text
+
+
+def test_lr_unfinished_runs_make_the_answer_provisional():
+    sweep = lr_sweep(extra=[lr_point("scratch", 30, ["running", 0.8, 0.8])])
+    text = "\n".join(answer_lr.answer(sweep))
+    assert "**Provisional: 1 of 21 runs are not done**" in text
+    assert "provisional" in answer_lr.one_line(sweep)
+    assert "provisional" not in answer_lr.one_line(lr_sweep())
+
+
+def test_lr_one_line_gives_each_norms_largest_lr_and_the_ratio():
+    line = answer_lr.one_line(lr_sweep())
+    assert "no BN trains up to lr 1 (best 0.800" in line and "scratch BN trains up to lr 10" in line
+    assert "at least 10x" in line and "\n" not in line
