@@ -3,8 +3,9 @@ answers are known by construction: no training, each test a fraction of a second
 
 import json
 import math
+import statistics
 
-from bn_lenet import answer_lr
+from bn_lenet import answer_lr, answer_test_stats
 from bn_lenet.sweep_answers import ANSWERS, ONE_LINE
 from bn_lenet.sweep_report import is_stuck
 
@@ -119,3 +120,70 @@ def test_lr_one_line_gives_each_norms_largest_lr_and_the_ratio():
     line = answer_lr.one_line(lr_sweep())
     assert "no BN trains up to lr 1 (best 0.800" in line and "scratch BN trains up to lr 10" in line
     assert "at least 10x" in line and "\n" not in line
+
+
+# --- test_stats -------------------------------------------------------------------------------------------
+
+def epochs_rows(moving: list, precise: list, batch: list) -> list:
+    return [{"epoch": e + 1, "loss": 0.3, "train_acc": 0.9, "test_acc": m, "test_acc_precise": p,
+             "test_acc_batch_stats": b, "examples_per_sec": 1000.0, "seconds": 1.0}
+            for e, (m, p, b) in enumerate(zip(moving, precise, batch))]
+
+
+def ts_point(values: dict, per_seed: list) -> tuple:
+    """per_seed: [(moving per epoch, precise per epoch, batch per epoch), ...]"""
+    return values, [make_run(values, s, rows=epochs_rows(*curves)) for s, curves in enumerate(per_seed)]
+
+
+def zigzag(low: float, high: float, n: int = 6) -> list:
+    return [low if e % 2 else high for e in range(n)]
+
+
+def flat(v: float, n: int = 6) -> list:
+    return [v] * n
+
+
+def ts_sweep(precise_swings: bool, tmp_path=None, target_final=(0.881, 0.882, 0.883, 0.884, 0.885)) -> dict:
+    """lr 1: the moving statistics zigzag 0.80/0.86; precise BN and batch statistics zigzag alike when
+    ``precise_swings`` (the weights move), else stay flat at 0.85 (the statistics lag). lr 0.1: every
+    statistic flat, precise BN ending at ``target_final`` per seed."""
+    ref = [(zigzag(0.80, 0.86), zigzag(0.80, 0.86) if precise_swings else flat(0.85),
+            zigzag(0.80, 0.86) if precise_swings else flat(0.85))] * 5
+    low = [(flat(0.85), flat(v), flat(0.85)) for v in target_final]
+    return make_sweep([ts_point({"train.lr": 1.0, "bn.momentum": 0.9}, ref),
+                       ts_point({"train.lr": 0.1, "bn.momentum": 0.9}, low)], out=tmp_path)
+
+
+def test_test_stats_is_registered_with_its_one_line():
+    assert ANSWERS["test_stats"] is answer_test_stats.answer and ONE_LINE["test_stats"] is answer_test_stats.one_line
+
+
+def test_test_stats_swing_that_precise_bn_removes_is_the_moving_statistics(tmp_path):
+    text = "\n".join(answer_test_stats.answer(ts_sweep(precise_swings=False, tmp_path=tmp_path)))
+    assert text.startswith("## Answer")
+    # sample std of the last 5 epochs of 0.86, 0.80, 0.86, 0.80, 0.86 (the 6-epoch zigzag's tail)
+    expected = statistics.stdev([0.80, 0.86, 0.80, 0.86, 0.80])
+    assert f"swings by {expected:.4f} with the moving statistics, 0.0000 with precise BN" in text
+    assert "**mostly the moving statistics lagging" in text
+    assert (tmp_path / answer_test_stats.FIGURE).is_file()
+
+
+def test_test_stats_swing_that_stays_with_precise_bn_is_the_weights():
+    text = "\n".join(answer_test_stats.answer(ts_sweep(precise_swings=True)))
+    assert "**mostly the weights moving" in text and "precise BN keeps 100% of the swing" in text
+    assert "Do not blame the moving statistics" in text
+
+
+def test_test_stats_names_the_setting_that_meets_mean_0_88_and_std_0_005():
+    text = "\n".join(answer_test_stats.answer(ts_sweep(precise_swings=False)))
+    assert "is met by: **lr 0.1, momentum 0.9** with precise BN (0.8830 ± 0.0016, n=5)" in text
+    assert "met by" in answer_test_stats.one_line(ts_sweep(precise_swings=False))
+
+
+def test_test_stats_says_how_close_the_best_gets_when_none_meets_it():
+    spread = ts_sweep(precise_swings=False, target_final=(0.87, 0.88, 0.89, 0.90, 0.91))  # mean 0.89, std 0.0158
+    text = "\n".join(answer_test_stats.answer(spread))
+    assert "No setting meets" in text and "met by" not in text
+    assert "the closest is **lr 0.1, momentum 0.9** with precise BN: 0.8900 ± 0.0158" in text
+    assert "std 0.0158 > 0.005" in text and "mean 0.8900 <" not in text
+    assert "the runs are steady but the seeds end at different accuracies" in text  # flat curves, seeds apart
