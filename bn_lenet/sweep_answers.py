@@ -60,6 +60,7 @@ def compare(sweep: dict) -> list:
 ANSWERS = {"generic": generic, "compare": compare}
 ONE_LINE = {}  # name -> fn(sweep) -> str: the study's answer in one line, for README "What the studies found"
 
-from . import answer_lr, answer_test_stats  # noqa: E402  studies of issue 11, one module each (NAME, answer, one_line)
-for _study in (answer_lr, answer_test_stats):
+# The studies of issue 11, one module each (NAME, answer, one_line).
+from . import answer_gradients, answer_lr, answer_test_stats  # noqa: E402
+for _study in (answer_lr, answer_test_stats, answer_gradients):
     ANSWERS[_study.NAME], ONE_LINE[_study.NAME] = _study.answer, _study.one_line

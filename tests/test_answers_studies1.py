@@ -5,7 +5,7 @@ import json
 import math
 import statistics
 
-from bn_lenet import answer_lr, answer_test_stats
+from bn_lenet import answer_gradients, answer_lr, answer_test_stats
 from bn_lenet.sweep_answers import ANSWERS, ONE_LINE
 from bn_lenet.sweep_report import is_stuck
 
@@ -187,3 +187,69 @@ def test_test_stats_says_how_close_the_best_gets_when_none_meets_it():
     assert "the closest is **lr 0.1, momentum 0.9** with precise BN: 0.8900 ± 0.0158" in text
     assert "std 0.0158 > 0.005" in text and "mean 0.8900 <" not in text
     assert "the runs are steady but the seeds end at different accuracies" in text  # flat curves, seeds apart
+
+
+# --- gradients --------------------------------------------------------------------------------------------
+
+def grad_point(tmp_path, norm: str, activation: str, lr: float, first: float, last: float, acc: float) -> tuple:
+    """3 seeds whose grad_norms.jsonl (GradNorms' own names for this norm) give conv1 ``first`` and fc3 ``last``
+    at epoch 1 and half of each at epoch 2; the other weights 1.0, gamma/beta 1000 (never compared)."""
+    from bn_lenet.model import lenet
+    from bn_lenet.train import GradNorms
+    names = GradNorms(lenet(norm)).names
+    values = {"model.norm": norm, "model.activation": activation, "train.lr": lr}
+    runs = []
+    for seed in range(3):
+        d = tmp_path / f"{norm}-{activation}-{lr}" / f"seed-{seed}"
+        d.mkdir(parents=True)
+        rows = []
+        for epoch, scale in ((1, 1.0), (2, 0.5)):
+            row = {"epoch": epoch, **{n: (1000.0 if not n.endswith(".weight") else 1.0) for n in names}}
+            row["conv1.conv.weight"], row["fc3.weight"] = first * scale, last * scale * (1 + 0.1 * seed)
+            rows.append(row)
+        (d / "grad_norms.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        runs.append(make_run(values, seed, rows=final_rows(acc, epochs=2), directory=d))
+    return values, runs
+
+
+def grad_sweep(tmp_path) -> dict:
+    """Sigmoid: BN raises the conv1/fc3 ratio (0.01 -> 0.5) and the accuracy: follows. ReLU: BN lowers the ratio
+    (2 -> 1) yet raises the accuracy: does not follow."""
+    return make_sweep([grad_point(tmp_path, "none", "sigmoid", 1.0, 0.001, 0.1, 0.80),
+                       grad_point(tmp_path, "scratch", "sigmoid", 1.0, 0.05, 0.1, 0.88),
+                       grad_point(tmp_path, "none", "relu", 1.0, 0.2, 0.1, 0.85),
+                       grad_point(tmp_path, "scratch", "relu", 1.0, 0.1, 0.1, 0.89)], out=tmp_path)
+
+
+def test_gradients_is_registered_with_its_one_line():
+    assert ANSWERS["gradients"] is answer_gradients.answer and ONE_LINE["gradients"] is answer_gradients.one_line
+
+
+def test_gradients_ratio_is_first_conv_over_last_linear_weight_per_run(tmp_path):
+    sweep = grad_sweep(tmp_path)
+    g = answer_gradients.point_grads(sweep["points"][0])
+    assert g["layers"] == ["conv1.conv.weight", "conv2.conv.weight", "fc1.linear.weight", "fc2.linear.weight",
+                           "fc3.weight"]
+    expected = [0.001 / (0.1 * (1 + 0.1 * s)) for s in range(3)]
+    assert math.isclose(g["ratio_first"]["mean"], statistics.fmean(expected))
+    assert math.isclose(g["ratio_last"]["mean"], statistics.fmean(expected))  # both halve at epoch 2
+    assert "bn.gamma" not in " ".join(answer_gradients.point_grads(sweep["points"][1])["layers"])
+
+
+def test_gradients_answer_says_where_the_accuracy_follows_the_gradient_change(tmp_path):
+    text = "\n".join(answer_gradients.answer(grad_sweep(tmp_path)))
+    assert text.startswith("## Answer")
+    assert "**The accuracy gain follows the gradient change in 1 of 2 (activation, lr) pairs**" in text
+    assert "not at relu lr 1" in text and "not at sigmoid" not in text
+    assert "Sigmoid at lr 1: BN raises the first layer's share" in text
+    assert "the sigmoid starves its first layer more" in text  # 0.009 vs 1.8 without BN
+    assert "holds only in part" in text
+    assert (tmp_path / answer_gradients.FIGURE).is_file()
+    line = answer_gradients.one_line(grad_sweep(tmp_path / "again"))
+    assert "in 1 of 2 cases" in line
+
+
+def test_gradients_without_grad_norms_says_so(tmp_path):
+    values, runs = lr_point("none", 1, [0.8, 0.8])
+    text = "\n".join(answer_gradients.answer(make_sweep([(values, runs)])))
+    assert "No finished run has a grad_norms.jsonl" in text
