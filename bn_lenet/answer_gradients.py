@@ -109,29 +109,32 @@ def answer(sweep: dict) -> list:
         return lines + ["No finished run has a grad_norms.jsonl (log.grad_norms = true): nothing to compare yet.", ""]
     lines += [f"Ratio = the first layer's weight-gradient norm ({layers[0]}) / the last layer's ({layers[-1]}), each "
               "the mean L2 norm over an epoch's steps, per run; mean ± std over seeds (n).", ""]
-    said, verdicts = [], []
+    details, verdicts = [], []
     for act, lr, none, bn in pairs(points, grads):
         c = comparison(none, bn, grads)
         g0, g1 = grads[none["id"]], grads[bn["id"]]
         bn_name = LABELS.get(bn["values"].get("model.norm"), "BN")
-        s = (f"{act} at lr {lr:g}: ratio at epoch 1 {ratio_text(g0['ratio_first'])} without BN, "
+        s = (f"- {act}, lr {lr:g}: ratio at epoch 1 {ratio_text(g0['ratio_first'])} without BN, "
              f"{ratio_text(g1['ratio_first'])} with {bn_name}; at the last epoch {ratio_text(g0['ratio_last'])} vs "
              f"{ratio_text(g1['ratio_last'])}")
         if "gain" in c:
             s += (f"; final test acc {g0['acc']['mean']:.3f} ± {g0['acc']['std']:.3f} vs {g1['acc']['mean']:.3f} ± "
                   f"{g1['acc']['std']:.3f} ({c['gain']:+.3f})")
-        said.append(s + ".")
+        details.append(s)
         f = follows(c)
         if f is not None:
             verdicts.append((act, lr, f, c))
-    lines += [" ".join(said), ""]
+    headline = [f"With sigmoid at lr {lr:g}, BN {'raises' if c['ratio_first'] > 1 else 'lowers'} the first/last "
+                f"gradient ratio at epoch 1 {c['ratio_first']:.3g}x and changes the final test accuracy by "
+                f"{c['gain']:+.3f}." for a, lr, _, c in verdicts if a == "sigmoid"]
     if verdicts:
         agree = [v for v in verdicts if v[2]]
-        lines += [f"**The accuracy gain follows the gradient change in {len(agree)} of {len(verdicts)} (activation, "
-                  f"lr) pairs** (BN raising the epoch-1 ratio and the accuracy, or lowering both)"
-                  + (": " + "; ".join(f"not at {a} lr {lr:g} (ratio x{c['ratio_first']:.3g}, accuracy "
-                                       f"{c['gain']:+.3f})" for a, lr, ok, c in verdicts if not ok)
-                     if len(agree) < len(verdicts) else "") + ".", ""]
+        headline.append(f"**The accuracy gain follows the gradient change in {len(agree)} of {len(verdicts)} "
+                        "(activation, lr) pairs** (BN raising the epoch-1 ratio and the accuracy, or lowering both)"
+                        + (": " + "; ".join(f"not at {a} lr {lr:g} (ratio x{c['ratio_first']:.3g}, accuracy "
+                                            f"{c['gain']:+.3f})" for a, lr, ok, c in verdicts if not ok)
+                           if len(agree) < len(verdicts) else "") + ".")
+    lines += [" ".join(headline), "", *details, ""]
     lines += meaning(points, grads, verdicts)
     lines += ratio_table(points, grads) + layer_table(points, grads, layers)
     if draw(points, grads, layers, sweep["out"]):
@@ -143,12 +146,6 @@ def answer(sweep: dict) -> list:
 
 def meaning(points: list, grads: dict, verdicts: list) -> list:
     said = []
-    sig = [(lr, c) for a, lr, _, c in verdicts if a == "sigmoid"]
-    for lr, c in sig:
-        up = c["ratio_first"] > 1
-        said.append(f"Sigmoid at lr {lr:g}: BN {'raises' if up else 'lowers'} the first layer's share of the gradient "
-                    f"{c['ratio_first']:.3g}x at epoch 1 and {'raises' if c['gain'] > 0 else 'lowers'} the final test "
-                    f"accuracy by {abs(c['gain']):.3f}.")
     none_act = {}
     for p in points:
         v = p["values"]
@@ -202,20 +199,24 @@ def draw(points: list, grads: dict, layers: list, out) -> bool:
     plt = plots.plt
     fig, axes = plt.subplots(1, len(layers), figsize=(3.4 * len(layers), 3.6), squeeze=False)
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    # One color per (activation, lr), so a point without BN and its BN twin share it (dashed vs solid).
+    pair_of = lambda p: tuple(v for k, v in p["values"].items() if k != "model.norm")  # noqa: E731
+    color = {key: cycle[i % len(cycle)] for i, key in enumerate(dict.fromkeys(pair_of(p) for p in points))}
     for ax, layer in zip(axes[0], layers):
-        for i, p in enumerate(points):
+        for p in points:
             runs = [rows for rows in grads[p["id"]]["per_run"] if all(layer in r for r in rows)]
             if not runs:
                 continue
             epochs = [r["epoch"] for r in runs[0]]
             per_epoch = list(zip(*[[r[layer] for r in rows] for rows in runs]))
             style = "--" if p["values"].get("model.norm") == "none" else "-"
-            ax.plot(epochs, [statistics.fmean(v) for v in per_epoch], style, color=cycle[i % len(cycle)], label=label(p))
-            ax.fill_between(epochs, [min(v) for v in per_epoch], [max(v) for v in per_epoch], color=cycle[i % len(cycle)],
+            ax.plot(epochs, [statistics.fmean(v) for v in per_epoch], style, color=color[pair_of(p)], label=label(p))
+            ax.fill_between(epochs, [min(v) for v in per_epoch], [max(v) for v in per_epoch], color=color[pair_of(p)],
                             alpha=0.15, lw=0)
         ax.set_yscale("log")
         ax.set_title(layer, fontsize=9)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(plots.MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3, which="both")
     axes[0][0].set_ylabel("gradient L2 norm (mean per step)")
     axes[0][0].legend(fontsize=6)

@@ -241,7 +241,7 @@ def test_gradients_answer_says_where_the_accuracy_follows_the_gradient_change(tm
     assert text.startswith("## Answer")
     assert "**The accuracy gain follows the gradient change in 1 of 2 (activation, lr) pairs**" in text
     assert "not at relu lr 1" in text and "not at sigmoid" not in text
-    assert "Sigmoid at lr 1: BN raises the first layer's share" in text
+    assert "With sigmoid at lr 1, BN raises the first/last gradient ratio at epoch 1 50x" in text
     assert "the sigmoid starves its first layer more" in text  # 0.009 vs 1.8 without BN
     assert "holds only in part" in text
     assert (tmp_path / answer_gradients.FIGURE).is_file()
