@@ -64,3 +64,15 @@ ONE_LINE = {}  # name -> fn(sweep) -> str: the study's answer in one line, for R
 from . import answer_gradients, answer_lr, answer_test_stats  # noqa: E402
 for _study in (answer_lr, answer_test_stats, answer_gradients):
     ANSWERS[_study.NAME], ONE_LINE[_study.NAME] = _study.answer, _study.one_line
+
+
+def study_line(spec_file: str, out=None) -> str:
+    """A finished study's one-line answer (ONE_LINE) from its run directories, for README "What the studies
+    found": ``python -c "from bn_lenet.sweep_answers import study_line; print(study_line('configs/sweeps/lr.toml'))"``."""
+    from pathlib import Path
+
+    from .sweep import SWEEPS_DIR, plan, spec_for
+    from .sweep_report import load_sweep
+    spec = spec_for(spec_file)
+    out = Path(out) if out else SWEEPS_DIR / spec["name"]
+    return ONE_LINE[spec["report"]["answer"]](load_sweep(spec, out, plan(spec, out)))
