@@ -253,3 +253,9 @@ def test_gradients_without_grad_norms_says_so(tmp_path):
     values, runs = lr_point("none", 1, [0.8, 0.8])
     text = "\n".join(answer_gradients.answer(make_sweep([(values, runs)])))
     assert "No finished run has a grad_norms.jsonl" in text
+
+
+def test_lr_a_point_within_one_std_of_0_70_is_called_borderline():
+    sweep = make_sweep([lr_point("none", 0.3, [0.68, 0.70, 0.74]), lr_point("none", 1, [0.80, 0.81, 0.79])])
+    text = "\n".join(answer_lr.answer(sweep))
+    assert "trains at lr 0.3 (borderline), 1)" in text
