@@ -154,7 +154,8 @@ def meaning(points: list, grads: dict, verdicts: list) -> list:
     if "sigmoid" in none_act and "relu" in none_act:
         s, r = statistics.fmean(none_act["sigmoid"]), statistics.fmean(none_act["relu"])
         said.append(f"Without BN the sigmoid network's epoch-1 ratio is {s:.3g} against {r:.3g} with ReLU (mean over "
-                    f"the lrs): {'the sigmoid starves its first layer more' if s < r else 'the sigmoid does not starve its first layer more than ReLU'}.")
+                    "the lrs): " + ("the sigmoid starves its first layer more." if s < r else
+                                    "the sigmoid does not starve its first layer more than ReLU."))
     if verdicts:
         if all(v[2] for v in verdicts):
             said.append("Here the claim holds in direction: where BN gives the first layer more gradient, it also "

@@ -46,7 +46,8 @@ def point_stats(point: dict) -> dict:
 
 def label(point: dict) -> str:
     v = point["values"]
-    parts = [f"lr {v['train.lr']:g}" if "train.lr" in v else "", f"momentum {v['bn.momentum']:g}" if "bn.momentum" in v else "",
+    parts = [f"lr {v['train.lr']:g}" if "train.lr" in v else "",
+             f"momentum {v['bn.momentum']:g}" if "bn.momentum" in v else "",
              f"{v['train.lr_schedule']} schedule" if v.get("train.lr_schedule", "constant") != "constant" else ""]
     return ", ".join(p for p in parts if p) or point["id"]
 
@@ -110,7 +111,8 @@ def why_sentences(points: list, stats: dict) -> list:
             + f" (precise BN keeps {share:.0%} of the swing): the swing is **{verdict}**"
             + (f"; the {precise:.4f} left with precise BN (statistics re-estimated for the same weights) is the "
                "weights' own movement." if share < STAYS else ".")]
-    low, cos = find(points, 0.1, 0.9) or find(points, 0.1), find(points, 1.0, 0.9, "cosine") or find(points, 1.0, None, "cosine")
+    low = find(points, 0.1, 0.9) or find(points, 0.1)
+    cos = find(points, 1.0, 0.9, "cosine") or find(points, 1.0, None, "cosine")
     for other in (low, cos):
         s = swing_of(stats, other, "test_acc_precise")
         if s is not None:
