@@ -87,9 +87,8 @@ for _module in (answers_affine, answers_variants):
     ANSWERS.update(_module.ANSWERS)
     ONE_LINE.update(_module.ONE_LINE)
 
-# The studies' specs name their own answers; until a study's answer function lands, its report gives the
-# generic one (the best and worst point), so its sweep can already run.
-for _name in ("lr", "test_stats", "gradients", "bias", "fixed_gamma_beta", "lite_bn", "conventions", "placement",
-              "layers"):
-    ANSWERS.setdefault(_name, generic)
 
+# The studies of issue 11, one module each (NAME, answer, one_line).
+from . import answer_gradients, answer_lr, answer_test_stats  # noqa: E402
+for _study in (answer_lr, answer_test_stats, answer_gradients):
+    ANSWERS[_study.NAME], ONE_LINE[_study.NAME] = _study.answer, _study.one_line
