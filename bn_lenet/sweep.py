@@ -169,7 +169,7 @@ def write(spec: dict, out: Path, planned: list, provenance=None, report_command=
     write_sweep_json(spec, out, planned, provenance)
     path = sweep_report.write_report(spec, out, planned, provenance)
     print(f"report: {path}")
-    if any(r["cfg"].log.tensorboard for r in planned):
+    if any(r.get("cfg") is not None and r["cfg"].log.tensorboard for r in planned):
         write_tensorboard_hparams(out, planned)
     if Path(out).resolve().parent == SWEEPS_DIR.resolve():  # a study in results/sweeps/: keep its index current
         from .sweep_index import write_index
