@@ -53,11 +53,18 @@ class DataConfig:
 
 
 @dataclass
+class BNConfig:
+    sync: bool = True              # torchrun job: BN statistics over the global batch (false: each process's slice,
+                                   # "local BN"); one process has nothing to sync and ignores it (distributed.py)
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    bn: BNConfig = field(default_factory=BNConfig)
 
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
