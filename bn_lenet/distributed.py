@@ -19,6 +19,7 @@ forever. torchrun itself ends the job when one process exits non-zero.
 import datetime
 import inspect
 import os
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -312,6 +313,7 @@ def is_peer_failure(e: BaseException) -> bool:
 def short(e: BaseException) -> str:
     """The first line of a collective's error, which names what happened (connection closed, timed out)."""
     line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    line = re.sub(r"^\[[^\]]*\]\s*", "", line)  # gloo's "[/path/to/unbound_buffer.cc:129] " prefix
     return line if len(line) <= 200 else line[:200] + "..."
 
 
