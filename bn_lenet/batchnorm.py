@@ -25,6 +25,20 @@ uses the biased batch variance, in every implementation.
 
 Gamma and beta are stored as shape (C,) (as ``nn.BatchNorm``'s weight and bias), not the tutorial's
 (1, C, 1, 1), so per-channel values read the same for both layers.
+
+Two options from the chapter's exercises and the articles take a slower, plain-autograd path
+(``variant_batch_norm``); the default layer never does:
+
+- ``normalize`` ("lite BN"): "full" = (x - mean) / std; "mean" = x - mean (spread kept); "var" = x / std
+  (mean kept; std is still the spread around the mean). Eval does the same with the moving statistics.
+  Both moving statistics are kept up to date whatever the mode (precise BN and inspect see the same buffers).
+- ``ghost_batch`` = g: in training, each consecutive group of g examples is normalized with its own
+  statistics (a last, smaller group keeps its own too; a last group of ONE example joins the group before
+  it, since one example has no variance in an (N, C) layer). The moving statistics take one update per
+  batch, from the unweighted mean over the groups of each group's mean and of each group's variance (biased,
+  or unbiased with that group's own n): exactly what N ranks each doing a normal BN step on its own slice
+  of g examples would hold after averaging their moving statistics (local BN on N ranks == ghost batches
+  of batch/N in one process). Eval uses the moving statistics, as always.
 """
 
 import torch
@@ -117,6 +131,50 @@ def batch_norm(X, gamma, beta, moving_mean, moving_var, eps=1e-5, momentum=0.9, 
     return Y
 
 
+def ghost_sizes(n: int, ghost_batch: int) -> list:
+    """Sizes of the consecutive ghost groups of a batch of n examples (see the module docstring)."""
+    if not ghost_batch or n <= ghost_batch:
+        return [n]
+    sizes = [ghost_batch] * (n // ghost_batch) + ([n % ghost_batch] if n % ghost_batch else [])
+    if sizes[-1] == 1:
+        sizes[-2:] = [sizes[-2] + 1]
+    return sizes
+
+
+def _normalized(x, mean, var, gamma, beta, eps, normalize):
+    """gamma * x_hat + beta with x_hat as ``normalize`` says (full, mean, var), per channel."""
+    if normalize != "var":
+        x = x - _per_channel(mean, x.ndim)
+    if normalize != "mean":
+        x = x * _per_channel(torch.rsqrt(var + eps), x.ndim)
+    return x * _per_channel(gamma.to(x.dtype), x.ndim) + _per_channel(beta.to(x.dtype), x.ndim)
+
+
+def variant_batch_norm(X, gamma, beta, moving_mean, moving_var, eps=1e-5, momentum=0.9, training=True,
+                       unbiased=False, normalize="full", ghost_batch=0):
+    """``batch_norm`` with lite BN (``normalize``) and ghost batches (``ghost_batch``), by plain autograd.
+    Statistics in at least fp32, as ``batch_norm``."""
+    if not training:
+        x = X if X.dtype in (torch.float32, torch.float64) else X.float()
+        return _normalized(x, moving_mean.to(x.dtype), moving_var.to(x.dtype), gamma, beta, eps,
+                           normalize).to(X.dtype)
+    dims, outs, means, variances = channel_dims(X.ndim), [], [], []
+    for part in X.split(ghost_sizes(X.shape[0], ghost_batch)):
+        n = part.numel() // part.shape[1]
+        if n < 2:
+            raise ValueError(f"Expected more than 1 value per channel when training, got a (ghost) batch of "
+                             f"shape {tuple(part.shape)}: batch normalization needs at least 2 values per channel")
+        x = part if part.dtype in (torch.float32, torch.float64) else part.float()
+        var, mean = torch.var_mean(x, dim=dims, correction=0)  # normalization: always the biased variance
+        outs.append(_normalized(x, mean, var, gamma, beta, eps, normalize).to(X.dtype))
+        means.append(mean.detach())
+        variances.append(var.detach() * (n / (n - 1)) if unbiased else var.detach())
+    with torch.no_grad():
+        moving_mean.lerp_(torch.stack(means).mean(0).to(moving_mean.dtype), 1.0 - momentum)
+        moving_var.lerp_(torch.stack(variances).mean(0).to(moving_var.dtype), 1.0 - momentum)
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
 class BatchNorm(nn.Module):
     """Scratch batch normalization for (N, C) (``num_dims=2``) or (N, C, H, W) (``num_dims=4``) input.
 
@@ -124,14 +182,18 @@ class BatchNorm(nn.Module):
     """
 
     def __init__(self, num_features: int, num_dims: int, eps: float = 1e-5, momentum: float = 0.9,
-                 unbiased: bool = False):
+                 unbiased: bool = False, normalize: str = "full", ghost_batch: int = 0):
         super().__init__()
         if num_dims not in (2, 4):
             raise ValueError(f"num_dims must be 2 (N, C) or 4 (N, C, H, W), got {num_dims}")
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum must be in [0, 1] (weight kept on the old moving value), got {momentum}")
+        if normalize not in ("full", "mean", "var") or ghost_batch == 1 or ghost_batch < 0:
+            raise ValueError(f"normalize must be full, mean or var and ghost_batch 0 or >= 2, got {normalize!r}, "
+                             f"{ghost_batch}")
         self.num_features, self.num_dims = num_features, num_dims
         self.eps, self.momentum, self.unbiased = eps, momentum, unbiased
+        self.normalize, self.ghost_batch = normalize, ghost_batch
         self.gamma = nn.Parameter(torch.ones(num_features))
         self.beta = nn.Parameter(torch.zeros(num_features))
         self.register_buffer("moving_mean", torch.zeros(num_features))
@@ -142,9 +204,15 @@ class BatchNorm(nn.Module):
             layout = "(N, C)" if self.num_dims == 2 else "(N, C, H, W)"
             raise ValueError(f"BatchNorm({self.num_features}, num_dims={self.num_dims}) expects {layout} input "
                              f"with C={self.num_features}, got shape {tuple(X.shape)}")
+        if self.normalize != "full" or self.ghost_batch:  # the options' slower path
+            return variant_batch_norm(X, self.gamma, self.beta, self.moving_mean, self.moving_var, eps=self.eps,
+                                      momentum=self.momentum, training=self.training, unbiased=self.unbiased,
+                                      normalize=self.normalize, ghost_batch=self.ghost_batch)
         return batch_norm(X, self.gamma, self.beta, self.moving_mean, self.moving_var, eps=self.eps,
                           momentum=self.momentum, training=self.training, unbiased=self.unbiased)
 
     def extra_repr(self) -> str:
+        extra = (f", normalize={self.normalize}" if self.normalize != "full" else "") + \
+                (f", ghost_batch={self.ghost_batch}" if self.ghost_batch else "")
         return (f"{self.num_features}, num_dims={self.num_dims}, eps={self.eps}, momentum={self.momentum}, "
-                f"unbiased={self.unbiased}")
+                f"unbiased={self.unbiased}{extra}")

@@ -36,7 +36,7 @@ import torch
 from . import config as config_mod
 from . import data as data_mod
 from . import tutorial
-from .model import lenet
+from .model import from_config
 from .data import num_batches
 from .train import fit, make_optimizer, resolve_device, sync
 
@@ -64,7 +64,7 @@ def project_run(cfg, device):
     started = time.perf_counter()
     data = data_mod.load_dataset(cfg.data.root or None).to(device)
     torch.manual_seed(cfg.train.seed)
-    model = lenet(cfg.model.norm).to(device)
+    model = from_config(cfg).to(device)
     optimizer = make_optimizer(model, cfg.train.lr)
     n = data.train_labels.shape[0]
     examples = min(n, num_batches(n, cfg.train.batch_size, cfg.train.limit_batches) * cfg.train.batch_size)
@@ -146,7 +146,7 @@ def profile_step(cfg, device, steps=20, top=12) -> list:
     from .train import train_step
     data = data_mod.load_dataset(cfg.data.root or None).to(device)
     torch.manual_seed(cfg.train.seed)
-    model = lenet(cfg.model.norm).to(device)
+    model = from_config(cfg).to(device)
     optimizer = make_optimizer(model, cfg.train.lr)
     step_model = torch.compile(model) if cfg.train.compile else model
     bs = cfg.train.batch_size

@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-dir", help="folder with the four Fashion-MNIST IDX files (default: search)")
     run.add_argument("--quiet", action="store_true", help="no progress bar, only one line per epoch")
 
-    inspect = sub.add_parser("inspect", help="gamma/beta of every BN layer of a run (two runs: side by side)")
+    inspect = sub.add_parser("inspect", help="a run's model and BN options, and gamma/beta of every norm layer "
+                             "(two runs: side by side)")
     inspect.add_argument("runs", nargs="+", metavar="RUN_DIR", help="one or two run directories")
     inspect.add_argument("--values", action="store_true", help="also print every channel's value")
 
@@ -118,8 +119,10 @@ def cmd_inspect(args) -> int:
     runs = [_read_inspectable(run) for run in args.runs]
     for i, (label, run) in enumerate(zip(args.runs, runs)):
         print(f"[{i + 1}] {label}: {_run_line(run)}")
+        for line in run["options"]:
+            print(f"    {line}")
     if not runs[0]["params"]:
-        print(f"{args.runs[0]}: no BN layers (norm = none)")
+        print(f"{args.runs[0]}: no BN layers (no norm layer of any kind in this network)")
         return 0
     print()
     print(format_bn_table([r["params"] for r in runs], args.runs, values=args.values))
@@ -133,15 +136,17 @@ def cmd_inspect(args) -> int:
 def _read_inspectable(run) -> dict:
     """What inspect shows of a run directory (or of a study's copy of one): BN parameters are required."""
     from .config import load
+    from .options import describe
     from .runs import read_json, read_metrics
     run = Path(run)
     if not (run / "bn_params.json").is_file():
         raise UserError(f"{run} is not a run directory with BN parameters (no bn_params.json); "
                         f"give a folder written by `bn-lenet run`")
     optional = lambda name, empty: read_json(run / name) if (run / name).is_file() else empty  # noqa: E731
+    cfg = load(run / "config.toml") if (run / "config.toml").is_file() else None
     return {"params": read_json(run / "bn_params.json"), "history": optional("bn_history.json", []),
             "meta": optional("meta.json", {}), "rows": read_metrics(run),
-            "norm": load(run / "config.toml").model.norm if (run / "config.toml").is_file() else "?"}
+            "norm": cfg.model.norm if cfg else "?", "options": describe(cfg) if cfg else []}
 
 
 def _run_line(run: dict) -> str:
@@ -152,6 +157,8 @@ def _run_line(run: dict) -> str:
         return f"{head}, no finished epoch"
     last = rows[-1]
     precise = f" (precise BN {last['test_acc_precise']:.3f})" if "test_acc_precise" in last else ""
+    if "test_acc_batch_stats" in last:
+        precise += f" (batch stats {last['test_acc_batch_stats']:.3f})"
     return (f"{head}; epoch {last['epoch']}: loss "
             f"{last['loss']:.3f}, train acc {last['train_acc']:.3f}, test acc {last['test_acc']:.3f}{precise}")
 
@@ -167,7 +174,7 @@ def format_bn_history(histories: list, max_columns: int = 10) -> str:
     lines = ["mean over channels after each epoch",
              f"{'layer':10} {'param':5} {'':3}" + "".join(f"{'ep ' + str(e):>8}" for e in epochs)]
     lines.append("-" * len(lines[-1]))
-    for layer in histories[0][0]["params"]:
+    for layer in _layers([h[0]["params"] for h in histories]):
         for key in ("gamma", "beta"):
             for i, params in enumerate(by_epoch):
                 cells = [statistics.fmean(params[e][layer][key]) if e in params and layer in params[e] else None
@@ -178,6 +185,12 @@ def format_bn_history(histories: list, max_columns: int = 10) -> str:
     return "\n".join(lines)
 
 
+def _layers(params: list) -> list:
+    """Norm layer names of every run, first run's first (runs with other norms name them differently:
+    conv1.bn, conv1.ln, conv1.gn)."""
+    return list(dict.fromkeys(name for p in params for name in p))
+
+
 def _stats(v: list) -> str:
     return f"{statistics.fmean(v):8.4f} {statistics.pstdev(v):7.4f} {min(v):8.4f} {max(v):8.4f}"
 
@@ -186,10 +199,11 @@ def format_bn_table(params: list, labels: list, values: bool = False) -> str:
     """Per layer and per parameter: mean, std, min, max (one column group per run)."""
     head = "layer      param    n " + " | ".join(f"{'mean':>8} {'std':>7} {'min':>8} {'max':>8}" for _ in params)
     lines = [" | ".join(f"[{i + 1}] {label}" for i, label in enumerate(labels)), head, "-" * len(head)]
-    for layer in params[0]:
+    for layer in _layers(params):
         for key in ("gamma", "beta"):
             cells = [_stats(p[layer][key]) if layer in p else f"{'-':>34}" for p in params]
-            lines.append(f"{layer:10} {key:5} {len(params[0][layer][key]):4d} " + " | ".join(cells))
+            size = next(len(p[layer][key]) for p in params if layer in p)
+            lines.append(f"{layer:10} {key:5} {size:4d} " + " | ".join(cells))
     if values:
         for i, p in enumerate(params):
             for layer in p:

@@ -6,6 +6,8 @@ An unknown section or key, a wrong type or an out-of-range value is a ConfigErro
 import dataclasses
 import json
 import math
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,15 +16,37 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
+from . import options
 from .errors import ConfigError
-from .model import NORMS
+from .options import NORMS
 
 
 # --- defaults: the tutorial's setup --------------------------------------------------------------------
 
 @dataclass
 class ModelConfig:
-    norm: str = "scratch"          # "scratch" (our BatchNorm) | "torch" (nn.BatchNorm1d/2d) | "none"
+    norm: str = "scratch"          # "scratch" (our BatchNorm) | "torch" (nn.BatchNorm1d/2d) | "none" | "layer" |
+                                   # "group" (GroupNorm with 1 / bn.groups groups, per-channel gamma/beta)
+    placement: str = "before"      # norm before the activation (the tutorial's) | "after" it
+    norm_layers: list[str] = field(default_factory=lambda: list(options.LAYERS))  # layers carrying a norm
+    activation: str = "sigmoid"    # every hidden activation: "sigmoid" | "relu"
+    bias: bool = True              # false: no bias in the conv/linear layers that carry a norm (beta does its job)
+
+
+@dataclass
+class BNConfig:
+    """Normalization options (see options.py). None / "" = not set: the norm's preset applies."""
+    preset: str = ""               # "tutorial" | "pytorch" | "keras"; "" = the norm's own (scratch: tutorial)
+    momentum: float | None = None  # kept weight: moving = m * moving + (1 - m) * batch; 0 <= m <= 1
+    eps: float | None = None       # > 0
+    unbiased: bool | None = None   # moving variance from the unbiased batch variance
+    scale: bool = True             # false: gamma fixed at 1 (not trained)
+    center: bool = True            # false: beta fixed at 0 (not trained)
+    normalize: str = "full"        # lite BN (scratch only): "full" | "mean" (x - mean) | "var" (x / std)
+    ghost_batch: int = 0           # scratch only: normalize each group of this many examples on its own; 0 = off
+    groups: int = 2                # groups of model.norm = "group"
+    sync: bool = True              # torchrun job: BN statistics over the global batch (false: each process's slice,
+                                   # "local BN"); one process has nothing to sync and ignores it (distributed.py)
 
 
 @dataclass
@@ -45,6 +69,7 @@ class EvalConfig:
     batch_size: int = 1000         # test accuracy does not depend on it (eval mode uses moving statistics)
     precise_bn: bool = False       # also report test accuracy with BN statistics re-estimated each epoch
     precise_bn_batches: int = 0    # training batches used to re-estimate them; 0 = the whole training set
+    batch_stats: bool = False      # also report test accuracy with each test batch's own BN statistics
 
 
 @dataclass
@@ -53,9 +78,8 @@ class DataConfig:
 
 
 @dataclass
-class BNConfig:
-    sync: bool = True              # torchrun job: BN statistics over the global batch (false: each process's slice,
-                                   # "local BN"); one process has nothing to sync and ignores it (distributed.py)
+class LogConfig:
+    grad_norms: bool = False       # grad_norms.jsonl: per epoch, mean gradient L2 norm of every weight, gamma, beta
 
 
 @dataclass
@@ -64,7 +88,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    bn: BNConfig = field(default_factory=BNConfig)
+    bn: BNConfig = field(default_factory=BNConfig)       # new sections go last: old files and messages keep
+    log: LogConfig = field(default_factory=LogConfig)    # their order
 
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
@@ -73,6 +98,15 @@ SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
 # --- validation ---------------------------------------------------------------------------------------
 
 def _check_type(key: str, value, expected):
+    if isinstance(expected, types.UnionType):  # "X | None": None means not set (never written, TOML has no null)
+        if value is None:
+            return None
+        expected = next(t for t in typing.get_args(expected) if t is not type(None))
+    if typing.get_origin(expected) is list:  # list[str]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f'{key} must be a list of str, e.g. ["conv1", "fc1"] (quoted in --set: '
+                              f"--set '{key}=[\"conv1\"]'), got {type(value).__name__} {value!r}")
+        return list(value)
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if expected is int and isinstance(value, bool) or not isinstance(value, expected):
@@ -102,6 +136,7 @@ def validate(cfg: Config) -> Config:
             section, name = key.split(".")
             value = getattr(getattr(cfg, section), name)
             raise ConfigError(f"{key} = {value!r} is out of range: it must be {allowed}")
+    options.check(cfg, Config())  # model and BN options: ranges, and what the chosen norm can honor
     return cfg
 
 
@@ -156,9 +191,8 @@ def apply_overrides(cfg: Config, overrides: list) -> Config:
             value = tomllib.loads(f"v = {text.strip()}")["v"]
         except tomllib.TOMLDecodeError:
             value = text.strip()
-        from_dict({section: {key: value}}, where=f"--set {item}")  # checks name and type on its own
-        setattr(getattr(cfg, section), key, _check_type(f"{section}.{key}", value,
-                                                         type(getattr(getattr(cfg, section), key))))
+        checked = from_dict({section: {key: value}}, where=f"--set {item}")  # checks name and type
+        setattr(getattr(cfg, section), key, getattr(getattr(checked, section), key))
     return cfg
 
 
@@ -173,12 +207,15 @@ def to_dict(cfg: Config) -> dict:
 
 
 def to_toml(cfg: Config) -> str:
-    """The resolved config as TOML (all values are str, bool, int or float)."""
+    """The resolved config as TOML (values are str, bool, int, float or lists of str). Keys not set (None,
+    "from the preset") are left out: TOML has no null, and loading the file gives None back for them."""
     lines = []
     for section, values in to_dict(cfg).items():
         lines.append(f"[{section}]")
         for key, value in values.items():
-            text = json.dumps(value) if isinstance(value, (str, bool)) else repr(value)
+            if value is None:
+                continue
+            text = json.dumps(value) if isinstance(value, (str, bool, list)) else repr(value)
             lines.append(f"{key} = {text}")
         lines.append("")
     return "\n".join(lines)

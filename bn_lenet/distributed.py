@@ -189,11 +189,13 @@ class Job:
                            else {"broadcast_buffers": False})
         return ddp(model, device_ids=device_ids, process_group=self.data, **no_forward_sync)
 
-    def describe(self, norm: str) -> dict:
+    def describe(self, cfg) -> dict:
         """What meta.json records about the job."""
+        from .options import BATCH_NORMS
         if not self.distributed:
             return {}
-        mode = "none (no BN)" if norm == "none" else ("synced" if self.sync else "local")
+        batch_stats = cfg.model.norm in BATCH_NORMS and cfg.model.norm_layers
+        mode = ("synced" if self.sync else "local") if batch_stats else "none (no batch statistics)"
         return {"world_size": self.world, "backend": self.backend, "bn_sync": mode}
 
 
@@ -259,11 +261,20 @@ def device_for(job: Job, name: str) -> torch.device:
 def check(cfg, job: Job, device: torch.device, train_examples: int) -> None:
     """What a torchrun job cannot do with this config, as one error before anything is trained."""
     from .data import num_batches
-    t = cfg.train
-    bn = cfg.model.norm != "none"
-    if cfg.model.norm == "torch" and cfg.bn.sync and device.type != "cuda":
+    from .options import BATCH_NORMS
+    t, b = cfg.train, cfg.bn
+    bn = cfg.model.norm in BATCH_NORMS and cfg.model.norm_layers  # batch statistics to sync or not
+    if not bn and not b.sync:
+        raise ConfigError(f"bn.sync = false has no effect: model.norm = {cfg.model.norm} has no batch statistics "
+                          f"(nothing to sync); drop it")
+    if cfg.model.norm == "torch" and b.sync and device.type != "cuda":
         raise ConfigError("model.norm = torch with bn.sync = true needs CUDA: nn.SyncBatchNorm only runs on GPUs "
                           "(NCCL). On CPU use model.norm=scratch (our BN syncs over gloo too) or bn.sync=false")
+    if bn and b.sync and (b.ghost_batch or b.normalize != "full"):
+        key, value = ("bn.ghost_batch", b.ghost_batch) if b.ghost_batch else ("bn.normalize", b.normalize)
+        raise ConfigError(f"{key} = {value!r} with bn.sync = true: synced BN normalizes the whole global batch "
+                          f"(full normalization only); use bn.sync=false (each process normalizes its own slice, "
+                          f"with {key} inside it) or drop {key}")
     for key, on in (("train.compile", t.compile), ("train.cuda_graph", t.cuda_graph)):
         if on:
             raise ConfigError(f"{key} = true is not supported in a torchrun job (DDP's and synced BN's collectives "
@@ -288,7 +299,8 @@ def use(job: Job, cfg, device: torch.device) -> Job:
     job.backend = "nccl" if device.type == "cuda" else "gloo"
     if job.backend == "nccl":
         job.data = dist.new_group(backend="nccl", timeout=datetime.timedelta(seconds=timeout_seconds()))
-    job.sync = cfg.bn.sync and cfg.model.norm != "none"
+    from .options import BATCH_NORMS
+    job.sync = bool(cfg.bn.sync and cfg.model.norm in BATCH_NORMS and cfg.model.norm_layers)
     return job
 
 

@@ -74,6 +74,10 @@ def load_checkpoint(path: Path) -> dict:
                         f"the run cannot be resumed from it: start a new run") from None
 
 
+def write_jsonl(path: Path, rows: list) -> None:
+    write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
 def write_metrics(run_dir: Path, rows: list) -> None:
     write_atomic(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     columns = list(EpochStats.__dataclass_fields__)

@@ -2,8 +2,9 @@
 
     config.toml      the resolved config
     metrics.jsonl    one JSON object per finished epoch (also metrics.csv)
-    bn_params.json   {layer: {"gamma": [...], "beta": [...]}} after the last finished epoch
+    bn_params.json   {layer: {"gamma": [...], "beta": [...]}} after the last finished epoch, every norm layer
     bn_history.json  the same for every epoch: [{"epoch": 1, "params": {...}}, ...]
+    grad_norms.jsonl with log.grad_norms: one row per epoch, {"epoch": e, "conv1.conv.weight": mean grad norm, ...}
     checkpoint.pt    model, optimizer, epoch, config, RNG states, history (the source of truth for resume)
     meta.json        versions, device, seed, git commit, times, command, status
     curves.png, bn_params.png
@@ -29,10 +30,10 @@ from . import distributed
 from .distributed import SINGLE
 from .errors import UserError
 from .files import (signal_for_tests, load_checkpoint, read_json, read_metrics, save_checkpoint, write_atomic,
-                    write_json, write_metrics)
-from .model import bn_params, lenet
+                    write_json, write_jsonl, write_metrics)
+from .model import bn_params, from_config
 from .provenance import environment
-from .train import Diverged, EpochStats, Interrupted, fit, make_optimizer, resolve_device
+from .train import Diverged, EpochStats, GradNorms, Interrupted, fit, make_optimizer, resolve_device
 
 RUNS_DIR = Path("results/runs")
 
@@ -117,12 +118,15 @@ def nonfinite_tensors(model) -> list:
     return [name for name, ok in zip(tensors, finite) if not ok]
 
 
-def write_epoch_files(run_dir: Path, history: list, bn_history: list) -> None:
-    """Metrics and BN parameters as of the last finished epoch (the checkpoint has the same)."""
+def write_epoch_files(run_dir: Path, history: list, bn_history: list, grad_norms=None) -> None:
+    """Metrics, BN parameters and (a list, with log.grad_norms) gradient norms as of the last finished epoch
+    (the checkpoint has the same)."""
     write_metrics(run_dir, history)
     if bn_history:
         write_json(run_dir / "bn_params.json", bn_history[-1]["params"])
         write_json(run_dir / "bn_history.json", bn_history)
+    if grad_norms is not None:
+        write_jsonl(run_dir / "grad_norms.jsonl", grad_norms)
 
 
 def _now() -> str:
@@ -136,7 +140,8 @@ def checkpoint_of(run_dir: Path, cfg):
     if not path.exists():
         return None
     ckpt = load_checkpoint(path)
-    if ckpt["config"] != config_mod.to_dict(cfg):
+    # Through from_dict: a checkpoint saved before a config key existed gets that key's default.
+    if config_mod.to_dict(config_mod.from_dict(ckpt["config"], where=str(path))) != config_mod.to_dict(cfg):
         raise UserError(f"{run_dir / 'config.toml'} differs from the config saved in {path}; restore it, or "
                         f"start a new run with the new config")
     return ckpt
@@ -191,7 +196,7 @@ def _train_run(cfg, out, name, data, progress, log, resume, log_error, stop_requ
             meta = {"seed": cfg.train.seed, "command": " ".join(sys.argv), "started": _now()}
     if job.distributed:
         run_dir = Path(distributed.gather_objects(str(run_dir), job.control)[0])  # rank 0's, for messages
-        meta.update(job.describe(cfg.model.norm))
+        meta.update(job.describe(cfg))
         if not writes:
             log = lambda *_: None  # noqa: E731  rank 0 reports the epochs
     meta.update(environment(device), data=data.source, run_dir=str(run_dir), status="running", epochs_done=0)
@@ -199,19 +204,23 @@ def _train_run(cfg, out, name, data, progress, log, resume, log_error, stop_requ
         meta.pop(stale, None)
 
     torch.manual_seed(cfg.train.seed)
-    model = distributed.prepare_model(job, lenet(cfg.model.norm).to(device))
+    model = distributed.prepare_model(job, from_config(cfg).to(device))
     optimizer = make_optimizer(model, cfg.train.lr)
+    grad_norms = GradNorms(model) if cfg.log.grad_norms else None
     history, bn_history, start = [], [], 0
+    grad_rows = [] if grad_norms is not None else None
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         set_rng_states(ckpt["rng"])
         history, bn_history, start = ckpt["history"], ckpt["bn_history"], ckpt["epoch"]
+        if grad_norms is not None:
+            grad_rows = ckpt["grad_norms"]
         log(f"resuming {run_dir} after epoch {start}/{cfg.train.epochs}")
     if resume:
         # The checkpoint is the source of truth: drop anything a killed process wrote after it.
         if writes:
-            write_epoch_files(run_dir, history, bn_history)
+            write_epoch_files(run_dir, history, bn_history, grad_rows)
         meta.update(epochs_done=start)
         meta.setdefault("resumed", []).append({"at_epoch": start, "time": _now(), "command": " ".join(sys.argv)})
     if writes:
@@ -227,13 +236,18 @@ def _train_run(cfg, out, name, data, progress, log, resume, log_error, stop_requ
         history.append(stats.row())
         bn_history.append({"epoch": stats.epoch, "params": bn_params(model)})
         meta["epochs_done"] = stats.epoch
+        if grad_norms is not None:
+            grad_rows.append(grad_norms.row(stats.epoch))
         if not writes:
             return
-        save_checkpoint(run_dir / "checkpoint.pt", {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": stats.epoch,
-            "config": config_mod.to_dict(cfg), "rng": rng_states(), "history": history, "bn_history": bn_history})
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": stats.epoch,
+                 "config": config_mod.to_dict(cfg), "rng": rng_states(), "history": history,
+                 "bn_history": bn_history}
+        if grad_norms is not None:
+            state["grad_norms"] = grad_rows
+        save_checkpoint(run_dir / "checkpoint.pt", state)
         signal_for_tests(f"checkpoint:{stats.epoch}")
-        write_epoch_files(run_dir, history, bn_history)
+        write_epoch_files(run_dir, history, bn_history, grad_rows)
         write_json(run_dir / "meta.json", meta)
         if not progress:
             log(format_epoch(stats))
@@ -246,7 +260,7 @@ def _train_run(cfg, out, name, data, progress, log, resume, log_error, stop_requ
 
     try:
         fit(model, data, cfg, optimizer, start, on_epoch=save_epoch, progress=progress, should_stop=should_stop,
-            job=job)
+            grad_norms=grad_norms, job=job)
         meta["status"] = "finished"
     except Diverged as e:
         why = diverged_because[0] if diverged_because else f"the training loss is {e.stats.loss}"
@@ -301,6 +315,8 @@ def resume_config(run_dir):
 
 def format_epoch(s: EpochStats) -> str:
     extra = f", test acc (precise BN) {s.test_acc_precise:.3f}" if s.test_acc_precise is not None else ""
+    if s.test_acc_batch_stats is not None:
+        extra += f", test acc (batch stats) {s.test_acc_batch_stats:.3f}"
     return (f"epoch {s.epoch}: loss {s.loss:.3f}, train acc {s.train_acc:.3f}, test acc {s.test_acc:.3f}{extra}, "
             f"{s.examples_per_sec:,.0f} examples/sec, {s.seconds:.1f} s")
 

@@ -28,8 +28,8 @@ KEEP = ("config.toml", "metrics.jsonl", "bn_history.json", "bn_params.json", "me
 
 def study_config(variant: str, seed: int, overrides=()) -> config_mod.Config:
     """The tutorial's settings (the config defaults) for one variant and seed. Precise BN is measured every
-    epoch for the BN variants; the no-BN LeNet has no statistics to re-estimate."""
-    precise = "false" if variant == "none" else "true"
+    epoch for the BN variants; the no-BN LeNet and layer/group norm have no statistics to re-estimate."""
+    precise = "true" if variant in ("scratch", "torch") else "false"
     return config_mod.resolve(None, [*overrides, f"model.norm={variant}", f"train.seed={seed}",
                                      f"eval.precise_bn={precise}"])
 

@@ -1,4 +1,5 @@
-"""The training loop: fit(), evaluate(), and re-estimating BN statistics ("precise BN").
+"""The training loop: fit(), evaluate(), re-estimating BN statistics ("precise BN"), test accuracy with batch
+statistics (eval.batch_stats) and gradient norms (log.grad_norms).
 
 Metrics follow the tutorial: train loss and accuracy are averages over the epoch's batches in train mode
 (the model changes while they are measured), test accuracy is measured in eval mode after the epoch,
@@ -26,10 +27,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import FashionMNIST, epoch_order, num_batches, to_float
-from .distributed import SINGLE
+from .distributed import SINGLE, share
 from .errors import UserError
-from .model import bn_layers, moving_stats
-from .batchnorm import BatchNorm, channel_dims
+from .model import bn_layers, gamma_beta, is_norm, moving_stats
+from .batchnorm import BatchNorm, channel_dims, ghost_sizes
 
 PROGRESS_EVERY = 25
 
@@ -43,6 +44,7 @@ class EpochStats:
     examples_per_sec: float    # training steps only, as the tutorial times them
     seconds: float             # wall time of the whole epoch, evaluation included
     test_acc_precise: float | None = None   # with BN statistics re-estimated (eval.precise_bn)
+    test_acc_batch_stats: float | None = None  # with each test batch's own BN statistics (eval.batch_stats)
 
     def row(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -110,14 +112,17 @@ def keep_freed_memory() -> bool:
         return False
 
 
-def train_step(model, optimizer, images, labels, precision="fp32", weight=1.0):
+def train_step(model, optimizer, images, labels, precision="fp32", grad_norms=None, weight=1.0):
     """One SGD step; returns (summed loss over the batch, correct count), both still on the device.
-    ``weight`` scales the gradient: a data-parallel process's share of the global batch (distributed.py)."""
+    ``grad_norms`` (a GradNorms, or None) adds this step's gradient norms, before the update. ``weight`` scales
+    the gradient: a data-parallel process's share of the global batch (distributed.py)."""
     with autocast(images.device, precision):
         logits = model(images)
     loss = F.cross_entropy(logits.float(), labels)  # mean over the batch, as the tutorial
     optimizer.zero_grad(set_to_none=True)
     (loss * weight if weight != 1.0 else loss).backward()
+    if grad_norms is not None:
+        grad_norms.add()
     optimizer.step()
     return loss.detach() * labels.shape[0], (logits.argmax(dim=1) == labels).sum()
 
@@ -137,27 +142,101 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
     return job.sum_count(correct.item()) / labels.shape[0]  # the one host sync
 
 
+class GradNorms:
+    """log.grad_norms: for every conv/linear weight and every trained gamma and beta, the mean over an epoch's
+    steps of its gradient's L2 norm. The norms of a step are added into one tensor on the device; ``row``
+    reads it once per epoch. Names are module name + role, the same for every norm kind: ``conv1.conv.weight``,
+    ``conv1.bn.gamma``, ``conv1.bn.beta`` (nn.BatchNorm's and GroupNorm's weight/bias are called gamma/beta
+    here too), ``fc3.weight``. A gamma or beta fixed by bn.scale/bn.center has no gradient and is left out."""
+
+    def __init__(self, model: nn.Module):
+        self.names, self.params = [], []
+        for name, module in model.named_modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                self.names.append(f"{name}.weight")
+                self.params.append(module.weight)
+            elif is_norm(module):
+                for label, t in zip(("gamma", "beta"), gamma_beta(module)):
+                    if isinstance(t, nn.Parameter):
+                        self.names.append(f"{name}.{label}")
+                        self.params.append(t)
+        self.sums = torch.zeros(len(self.params), device=self.params[0].device)
+        self.steps = 0
+
+    def start_epoch(self) -> None:
+        self.sums.zero_()
+        self.steps = 0
+
+    @torch.no_grad()
+    def add(self) -> None:
+        self.sums += torch.stack([torch.linalg.vector_norm(p.grad.float()) for p in self.params])
+        self.steps += 1
+
+    def row(self, epoch: int) -> dict:
+        """{"epoch": epoch, name: mean norm, ...} for the epoch so far (one host sync)."""
+        return {"epoch": epoch, **dict(zip(self.names, (self.sums / max(self.steps, 1)).tolist()))}
+
+
+@torch.no_grad()
+def batch_stats_test_acc(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
+                         precision: str = "fp32", job=SINGLE) -> float:
+    """eval.batch_stats: test accuracy with every test batch normalized by its own statistics, as BN does in
+    training. ``batch_size`` should be train.batch_size, the batch size BN saw in training (a layer with
+    bn.ghost_batch splits each batch into its ghost groups, as in training); a last batch of one example joins
+    the one before. Every buffer (moving statistics, num_batches_tracked) is saved before and put back after,
+    so neither training nor the usual eval-mode test accuracy is affected. No gradient. In a data-parallel job
+    each process takes its slice of every test batch, as in training (synced or local BN alike)."""
+    buffers = list(model.buffers())
+    saved = [b.clone() for b in buffers]
+    was_training = model.training
+    model.train()  # batch statistics (LeNet has no dropout: only the BN layers change behaviour)
+    correct = torch.zeros((), dtype=torch.long, device=labels.device)
+    try:
+        start = 0
+        for size in ghost_sizes(labels.shape[0], batch_size):
+            lo, hi = share(size, job.rank, job.world)
+            with autocast(images.device, precision):
+                logits = model(to_float(images[start + lo:start + hi]))
+            correct += (logits.argmax(dim=1) == labels[start + lo:start + hi]).sum()
+            start += size
+    finally:
+        for b, s in zip(buffers, saved):
+            b.copy_(s)
+        model.train(was_training)
+    return job.sum_count(correct.item()) / labels.shape[0]  # the one host sync
+
+
 @torch.no_grad()
 def reestimate_bn(model: nn.Module, images: torch.Tensor, batch_size: int, max_batches: int = 0,
                   job=SINGLE) -> None:
     """Precise BN: replace every BN layer's moving statistics by the average of per-batch statistics over
     training batches, with the weights fixed (as torch.optim.swa_utils.update_bn, but for the scratch
-    layer too). Each layer keeps its own variance convention (biased or unbiased).
+    layer too). Each layer keeps its own variance convention (biased or unbiased). A layer with bn.ghost_batch
+    takes each batch's statistics as its moving update does: the mean over the ghost groups of theirs.
 
-    In a data-parallel job each process runs every world-th batch (``model`` must not sync BN: each batch
-    is normalized whole, as in one process); the per-batch statistics are summed over the processes (a
-    batch another process ran adds zeros here) and then added up in batch order: the same additions in the
-    same order as one process, so the same numbers."""
+    In a data-parallel job the batch statistics are those training used. Synced BN: each process runs every
+    world-th batch whole (``model`` must not sync: use ``local_model``), the per-batch statistics are summed
+    over the processes (a batch another process ran adds zeros here) and then added up in batch order: the
+    same additions in the same order as one process, so the same numbers. Local BN: each process runs its
+    slice of every batch, as in training, and a batch's statistics are the mean over the slices' (as
+    bn.ghost_batch in one process)."""
     per_batch, hooks = {}, []  # name -> [means (batches, C), variances (batches, C)]
     batches = num_batches(images.shape[0], batch_size, max_batches)
+    slices = job.distributed and not job.sync
     current = [0]
 
     def hook_for(name, layer):
         unbiased = layer.unbiased if isinstance(layer, BatchNorm) else True  # nn.BatchNorm stores unbiased
+        ghost = layer.ghost_batch if isinstance(layer, BatchNorm) else 0
 
         def hook(_module, inputs):
             x = inputs[0].float()
-            var, mean = torch.var_mean(x, dim=channel_dims(x.ndim), correction=1 if unbiased else 0)
+            if ghost:
+                groups = [torch.var_mean(part, dim=channel_dims(x.ndim), correction=1 if unbiased else 0)
+                          for part in x.split(ghost_sizes(x.shape[0], ghost))]
+                var, mean = (torch.stack(t).mean(0) for t in zip(*groups))
+            else:
+                var, mean = torch.var_mean(x, dim=channel_dims(x.ndim), correction=1 if unbiased else 0)
             s = per_batch.setdefault(name, [mean.new_zeros(batches, mean.shape[0]),
                                             var.new_zeros(batches, var.shape[0])])
             s[0][current[0]] = mean
@@ -172,35 +251,45 @@ def reestimate_bn(model: nn.Module, images: torch.Tensor, batch_size: int, max_b
     was_training = model.training
     model.train()  # batch statistics flow forward as in training; the weights are not touched
     try:
-        for i in range(job.rank, batches, job.world):
+        for i in range(batches) if slices else range(job.rank, batches, job.world):
             current[0] = i
-            model(to_float(images[i * batch_size:(i + 1) * batch_size]))
+            batch = images[i * batch_size:(i + 1) * batch_size]
+            if slices:
+                start, stop = share(batch.shape[0], job.rank, job.world)
+                batch = batch[start:stop]
+            model(to_float(batch))
     finally:
         for h in hooks:
             h.remove()
         model.train(was_training)
     for name, layer in layers.items():
-        moving_mean, moving_var = moving_stats(layer)
-        for stats, moving in zip(per_batch.get(name) or _zeros_like_stats(moving_mean, batches), (moving_mean,
-                                                                                                 moving_var)):
-            job.sum_(stats)
-            total = torch.zeros_like(stats[0])
-            for row in stats:  # in batch order, one batch at a time, as the sums always were
+        moving = moving_stats(layer)
+        # A process that ran no batch (fewer batches than processes) still joins the sums, with zeros.
+        stats = per_batch.get(name) or [m.new_zeros(batches, m.shape[0], dtype=torch.float32) for m in moving]
+        for per_batch_stat, moving_stat in zip(stats, moving):
+            job.sum_(per_batch_stat)
+            if slices:
+                per_batch_stat /= job.world  # the mean over the slices of each batch
+            total = torch.zeros_like(per_batch_stat[0])
+            for row in per_batch_stat:  # in batch order, one batch at a time, as the sums always were
                 total += row
-            moving.copy_(total / batches)
+            moving_stat.copy_(total / batches)
 
 
-def _zeros_like_stats(moving: torch.Tensor, batches: int) -> list:
-    """A process that ran no batch (fewer batches than processes) still joins the sum."""
-    return [moving.new_zeros(batches, moving.shape[0], dtype=torch.float32) for _ in range(2)]
+def local_model(model: nn.Module, job=SINGLE) -> nn.Module:
+    """``model`` itself in one process; in a data-parallel job a copy whose BN layers are not synced, for
+    work each process does on whole batches of its own (precise BN)."""
+    if not job.distributed:
+        return model
+    from .sync_batchnorm import local_copy
+    return local_copy(model)
 
 
 def precise_test_acc(model, data: FashionMNIST, batch_size: int, max_batches: int, eval_batch_size: int,
                      job=SINGLE) -> float:
     """Test accuracy with re-estimated BN statistics; the model's own moving statistics are restored after."""
     if job.distributed:  # on a copy without synced BN: each process normalizes its batches whole
-        from .sync_batchnorm import local_copy
-        model = local_copy(model)
+        model = local_model(model, job)
         reestimate_bn(model, data.train_images, batch_size, max_batches, job)
         return evaluate(model, data.test_images, data.test_labels, eval_batch_size, job=job)
     saved = {k: v.clone() for k, v in model.state_dict().items()}
@@ -212,13 +301,15 @@ def precise_test_acc(model, data: FashionMNIST, batch_size: int, max_batches: in
 
 
 def fit(model: nn.Module, data: FashionMNIST, cfg, optimizer=None, start_epoch: int = 0, on_epoch=None,
-        progress: bool = False, should_stop=lambda: False, job=SINGLE) -> list:
+        progress: bool = False, should_stop=lambda: False, grad_norms=None, job=SINGLE) -> list:
     """Train ``model`` on ``data`` (already on the model's device) for epochs start_epoch+1 .. cfg.train.epochs.
 
     ``on_epoch(stats)`` runs after each finished epoch (the run directory saves there). A non-finite loss
     raises Diverged before on_epoch; ``should_stop()`` true at a batch boundary raises Interrupted.
-    In a data-parallel job (``job``, distributed.py) this process trains on its slice of every batch through
-    DDP, and the epoch's figures are those of the whole job.
+    ``grad_norms`` (a GradNorms, for log.grad_norms) is restarted each epoch and fed every step; on_epoch
+    reads its row. In a data-parallel job (``job``, distributed.py) this process trains on its slice of every
+    batch through DDP, and the epoch's figures are those of the whole job (gradient norms are of the averaged,
+    global-batch gradients).
     """
     from . import graph_step  # here, not at the top: graph_step builds on train_step
     t, device = cfg.train, data.train_labels.device
@@ -251,6 +342,8 @@ def fit(model: nn.Module, data: FashionMNIST, cfg, optimizer=None, start_epoch: 
         order = epoch_order(n, t.seed, epoch, device)
         loss_sum.zero_()
         correct.zero_()
+        if grad_norms is not None:
+            grad_norms.start_epoch()
         seen = 0
         bar = _progress_bar(progress, batches, epoch, t.epochs)
         sync(device)
@@ -263,7 +356,7 @@ def fit(model: nn.Module, data: FashionMNIST, cfg, optimizer=None, start_epoch: 
             if job.distributed:
                 idx, weight = job.slice(idx)
                 batch_loss, batch_correct = train_step(parallel, optimizer, to_float(data.train_images[idx]),
-                                                       data.train_labels[idx], t.precision, weight)
+                                                       data.train_labels[idx], t.precision, grad_norms, weight)
                 loss_sum += batch_loss
                 correct += batch_correct
             elif full and static_step is not None:
@@ -271,7 +364,7 @@ def fit(model: nn.Module, data: FashionMNIST, cfg, optimizer=None, start_epoch: 
             else:
                 batch_loss, batch_correct = train_step(full_size if full else model, optimizer,
                                                        to_float(data.train_images[idx]), data.train_labels[idx],
-                                                       t.precision)
+                                                       t.precision, grad_norms)
                 loss_sum += batch_loss
                 correct += batch_correct
             seen += idx.shape[0]
@@ -292,6 +385,9 @@ def fit(model: nn.Module, data: FashionMNIST, cfg, optimizer=None, start_epoch: 
         if cfg.eval.precise_bn and math.isfinite(loss):
             stats.test_acc_precise = precise_test_acc(model, data, t.batch_size, cfg.eval.precise_bn_batches,
                                                       cfg.eval.batch_size, job)
+        if cfg.eval.batch_stats and math.isfinite(loss):
+            stats.test_acc_batch_stats = batch_stats_test_acc(model, data.test_images, data.test_labels,
+                                                              t.batch_size, t.precision, job)
         stats.seconds = time.perf_counter() - started
         if bar is not None:
             bar.set_postfix(loss=f"{loss:.3f}", acc=f"{train_acc:.3f}", test=f"{test_acc:.3f}")

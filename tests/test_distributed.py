@@ -21,12 +21,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from bn_lenet import config, runs
-from bn_lenet.batchnorm import BatchNorm, batch_norm
 from bn_lenet.data import FashionMNIST
 from bn_lenet.distributed import Job, share
-from bn_lenet.model import bn_layers, lenet, moving_stats
+from bn_lenet.model import lenet
 from bn_lenet.sync_batchnorm import synced_batch_norm
-from bn_lenet.train import evaluate, fit, precise_test_acc, reestimate_bn
+from bn_lenet.train import evaluate, precise_test_acc, reestimate_bn
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "scratch_bn.toml"
@@ -183,35 +182,46 @@ def test_slices_cover_the_batch_and_differ_by_at_most_one():
 # --- evaluation and precise BN -------------------------------------------------------------------------------
 
 def _eval_worker(rank, world):
-    """The same trained-ish model on both processes; split evaluation and precise BN against one process's."""
-    job = Job(rank=rank, world=world, backend="gloo", control=dist.group.WORLD, data=dist.group.WORLD)
+    """The same model on both processes; split evaluation and precise BN against one process's."""
+    job = Job(rank=rank, world=world, backend="gloo", sync=True, control=dist.group.WORLD, data=dist.group.WORLD)
+    local = Job(rank=rank, world=world, backend="gloo", sync=False, control=dist.group.WORLD, data=dist.group.WORLD)
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (700, 1, 28, 28), generator=g, dtype=torch.uint8)
     labels = torch.randint(0, 10, (700,), generator=g)
+    data = FashionMNIST(images, labels, images, labels, "")
     torch.manual_seed(0)
     model = lenet("scratch")
     model.train()
     model(images[:64].float() / 255)  # moving statistics away from their initial values
-    result = {"acc_job": evaluate(model, images, labels, batch_size=100, job=job),
-              "acc_one": evaluate(model, images, labels, batch_size=100),
-              "precise_job": precise_test_acc(model, FashionMNIST(images, labels, images, labels, ""), 64, 5, 100,
-                                              job),
-              "precise_one": precise_test_acc(model, FashionMNIST(images, labels, images, labels, ""), 64, 5, 100)}
-    one, split = lenet("scratch"), lenet("scratch")
-    split.load_state_dict(model.state_dict())
-    one.load_state_dict(model.state_dict())
-    reestimate_bn(one, images, 64, 5)
-    reestimate_bn(split, images, 64, 5, job)  # 5 batches over 2 processes: 3 and 2
-    result["stats_equal"] = all(torch.equal(a, b) for a, b in zip(one.state_dict().values(),
-                                                                  split.state_dict().values()))
-    return result
+
+    def reestimated(job_=None, **options):
+        net = lenet("scratch", **options)
+        net.load_state_dict(model.state_dict())
+        reestimate_bn(net, images, 64, 5, *([job_] if job_ else []))  # 5 batches: 3 and 2 per process, or halves
+        return net.state_dict()
+
+    one, synced = reestimated(), reestimated(job)
+    ghost, local_ = reestimated(ghost_batch=32), reestimated(local)
+    return {"acc_job": evaluate(model, images, labels, batch_size=100, job=job),
+            "acc_one": evaluate(model, images, labels, batch_size=100),
+            "precise_job": precise_test_acc(model, data, 64, 5, 100, job),
+            "precise_one": precise_test_acc(model, data, 64, 5, 100),
+            "synced_equal": all(torch.equal(one[k], synced[k]) for k in one),
+            "local_vs_ghost": max((local_[k] - ghost[k]).abs().max().item() for k in ghost),
+            "local_vs_one": max((local_[k] - one[k]).abs().max().item() for k in one)}
 
 
 def test_split_evaluation_and_precise_bn_give_one_process_numbers_exactly(two_ranks):
     for res in (r["eval"] for r in two_ranks):
         assert res["acc_job"] == res["acc_one"]
         assert res["precise_job"] == res["precise_one"]
-        assert res["stats_equal"], "re-estimated BN statistics differ from one process's"
+        assert res["synced_equal"], "re-estimated BN statistics differ from one process's"
+
+
+def test_precise_bn_with_local_bn_takes_the_slices_statistics_as_ghost_batches_do(two_ranks):
+    for res in (r["eval"] for r in two_ranks):
+        assert res["local_vs_ghost"] < 1e-6
+        assert res["local_vs_one"] > 1e-3  # whole batches give other statistics: the check can fail
 
 
 # --- whole runs ---------------------------------------------------------------------------------------------
@@ -256,39 +266,25 @@ def test_two_synced_processes_train_as_one_process_on_the_global_batch(two_synce
     assert (meta["world_size"], meta["backend"], meta["bn_sync"], meta["status"]) == (2, "gloo", "synced", "finished")
 
 
-class GhostSplitBatchNorm(BatchNorm):
-    """This test's own ghost batches, for the comparison with local BN in 2 processes: the batch is
-    normalized in 2 contiguous halves, each with its own statistics, and the moving statistics take the
-    mean of the halves' statistics once per step (what averaging the processes' moving statistics gives)."""
-
-    def forward(self, X):
-        if not self.training:
-            return super().forward(X)
-        halves, means, variances = [], [], []
-        for half in X.chunk(2):
-            m, v = torch.zeros_like(self.moving_mean), torch.ones_like(self.moving_var)
-            halves.append(batch_norm(half, self.gamma, self.beta, m, v, self.eps, momentum=0.0))  # m, v = batch's
-            means.append(m)
-            variances.append(v)
-        with torch.no_grad():
-            self.moving_mean.lerp_(torch.stack(means).mean(0), 1 - self.momentum)
-            self.moving_var.lerp_(torch.stack(variances).mean(0), 1 - self.momentum)
-        return torch.cat(halves)
+@pytest.fixture(scope="module")
+def one_process_ghost(small_data, tmp_path_factory):
+    """One process with ghost batches of half the batch: bn.ghost_batch (batchnorm.py) normalizes each half
+    on its own and updates the moving statistics once per batch with the mean of the halves' statistics."""
+    out = tmp_path_factory.mktemp("ghost") / "run"
+    runs.train_run(config.resolve(CONFIG, QUICK + ["bn.ghost_batch=32"]), out=out, data=small_data, log=quiet)
+    return out
 
 
-def test_two_local_processes_train_as_one_process_with_ghost_batches_of_half(two_local, small_data):
-    cfg = config.resolve(CONFIG, QUICK + ["eval.precise_bn=false"])
-    torch.manual_seed(cfg.train.seed)
-    model = lenet("scratch")
-    for layer in bn_layers(model).values():
-        layer.__class__ = GhostSplitBatchNorm
-    history = fit(model, small_data, cfg)
-    rows = runs.read_metrics(two_local)
-    for a, b in zip(rows, history):
-        assert abs(a["loss"] - b.loss) < TOL
-        assert a["train_acc"] == b.train_acc
-    state = {k: v for k, v in model.state_dict().items()}
-    assert max_diff(bn_state(final_state(two_local)), bn_state(state)) < TOL
+def test_two_local_processes_train_as_one_process_with_ghost_batches_of_half(two_local, one_process_ghost):
+    rows, ref = runs.read_metrics(two_local), runs.read_metrics(one_process_ghost)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for a, b in zip(rows, ref):
+        assert abs(a["loss"] - b["loss"]) < TOL
+        assert a["train_acc"] == b["train_acc"]
+        assert abs(a["test_acc"] - b["test_acc"]) <= 1 / TEST_IMAGES
+        assert abs(a["test_acc_precise"] - b["test_acc_precise"]) <= 1 / TEST_IMAGES
+    assert max_diff(bn_state(final_state(two_local)), bn_state(final_state(one_process_ghost))) < TOL
+    assert max_diff(final_state(two_local), final_state(one_process_ghost)) < TOL
     assert runs.read_json(two_local / "meta.json")["bn_sync"] == "local"
 
 
