@@ -159,9 +159,10 @@ def train_run(cfg, out=None, name="run", data=None, progress=False, log=print, r
     # From here on Ctrl-C / SIGTERM stop the run at the next batch boundary, whenever they come.
     with stop_on_signals() as stop_requested:
         meta = _train_run(cfg, out, name, data, progress, log, resume, log_error or log, stop_requested, job)
-    if stop_requested() and meta["status"] == "finished":
+    if stop_requested() and meta["status"] == "finished" and not job.distributed:
         # The stop came after the last batch: this run is complete and saved, but a caller running many
-        # runs (the seed study) must stop too, not start the next one.
+        # runs (the seed study) must stop too, not start the next one. (A torchrun job is one run; its
+        # processes end together, see cli.py.)
         raise KeyboardInterrupt
     return meta
 
