@@ -176,7 +176,8 @@ def test_unreadable_config_file(world_tmp, capsys):
     (["train.epochs=1.5"], ["train.epochs must be int, got float 1.5"]),
     (["train.lrr=1"], ["unknown key train.lrr", "known keys in [train]"]),
     (["optim.lr=1"], ["unknown section [optim]"]),
-    (["model.norm=layer"], ["model.norm = 'layer' is out of range: it must be one of scratch, torch, none"]),
+    (["model.norm=batch"], ["model.norm = 'batch' is out of range: it must be one of scratch, torch, none, layer, "
+                            "group"]),
     (["train.device=tpu"], ["train.device = 'tpu' is out of range"]),
 ])
 def test_bad_set_expressions(overrides, fragments, tmp_path, capsys):
