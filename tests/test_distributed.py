@@ -213,8 +213,10 @@ def test_synced_ddp_step_on_an_uneven_batch_equals_one_process_step(two_ranks):
     steps = [r["step"] for r in two_ranks]
     assert [s["sizes"] for s in steps] == [19, 18]
     for s in steps:
-        assert s["weighted"] < 1e-12 and s["weighted_loss"] < 1e-12
-        assert s["unweighted"] > 1e-9  # DDP's plain average over-weights the smaller slice: the check can fail
+        # float64 network, but train_step takes the loss in fp32 (logits.float()): 3e-9 measured
+        assert s["weighted"] < 1e-7 and s["weighted_loss"] < 1e-7
+        # DDP's plain average over-weights the smaller slice (1.2e-3 measured): the check can fail
+        assert s["unweighted"] > 1e-4
 
 
 # --- evaluation and precise BN -------------------------------------------------------------------------------
