@@ -57,30 +57,56 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args) -> int:
+    from . import distributed
+    if not distributed.in_torchrun():
+        return _run(args, distributed.SINGLE)
+    job = distributed.start()  # one of the processes of `torchrun -m bn_lenet run`
+    try:
+        return _run(args, job)
+    except distributed.JobError as e:  # the same user error in every process
+        if "--debug" in sys.argv:
+            raise
+        if job.is_main:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+        job.barrier()  # torchrun ends the job when one process exits: the others wait for rank 0 to print
+        return 2
+    finally:
+        distributed.finish(job)
+
+
+def _run(args, job) -> int:
     from . import config, runs
-    if bool(args.config) == bool(args.resume):
-        raise UserError("give either a CONFIG to start a run or --resume RUN_DIR to continue one (not both)")
-    progress = not args.quiet and sys.stderr.isatty()
+    progress = not args.quiet and sys.stderr.isatty() and job.is_main
     to_stderr = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    with job.together():  # a bad command line or config stops every process of a job with the same error
+        if bool(args.config) == bool(args.resume):
+            raise UserError("give either a CONFIG to start a run or --resume RUN_DIR to continue one (not both)")
+        if args.resume:
+            if args.overrides or args.out or args.device or args.data_dir:
+                raise UserError("--resume continues a run with its saved config: drop --set/--out/--device/"
+                                "--data-dir")
+            cfg, _ = runs.resume_config(args.resume)
+        else:
+            overrides = list(args.overrides)
+            # Quoted as TOML strings, so a path such as "2024" or "true" stays a path.
+            if args.device:
+                overrides.append(f"train.device={json.dumps(args.device)}")
+            if args.data_dir:
+                overrides.append(f"data.root={json.dumps(args.data_dir)}")
+            cfg = config.resolve(args.config, overrides)
     if args.resume:
-        if args.overrides or args.out or args.device or args.data_dir:
-            raise UserError("--resume continues a run with its saved config: drop --set/--out/--device/--data-dir")
-        cfg, _ = runs.resume_config(args.resume)
-        meta = runs.train_run(cfg, out=args.resume, progress=progress, resume=True, log_error=to_stderr)
+        meta = runs.train_run(cfg, out=args.resume, progress=progress, resume=True, log_error=to_stderr, job=job)
     else:
-        overrides = list(args.overrides)
-        # Quoted as TOML strings, so a path such as "2024" or "true" stays a path.
-        if args.device:
-            overrides.append(f"train.device={json.dumps(args.device)}")
-        if args.data_dir:
-            overrides.append(f"data.root={json.dumps(args.data_dir)}")
-        cfg = config.resolve(args.config, overrides)
         meta = runs.train_run(cfg, out=args.out, name=Path(args.config).stem, progress=progress,
-                              log_error=to_stderr)
-    for line in runs.summary_lines(meta["run_dir"]):
-        print(line)
-    print(f"run directory: {meta['run_dir']} ({meta['status']})")
-    return {"finished": 0, "interrupted": 130}.get(meta["status"], 1)
+                              log_error=to_stderr, job=job)
+    code = {"finished": 0, "interrupted": 130}.get(meta["status"], 1)
+    if job.is_main:
+        for line in runs.summary_lines(meta["run_dir"]):
+            print(line)
+        print(f"run directory: {meta['run_dir']} ({meta['status']})", flush=True)
+    if meta["status"] != "failed":  # (failed: another process is gone)
+        job.barrier()  # torchrun ends the job when one process exits: the others wait until rank 0 is done
+    return code
 
 
 def cmd_inspect(args) -> int:
@@ -257,7 +283,8 @@ def run_main(fn, *args, debug=False) -> int:
     except UserError as e:
         if debug:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        if not getattr(e, "quiet", False):  # a data-parallel job's other processes: rank 0 prints it
+            print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         if debug:

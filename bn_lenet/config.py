@@ -47,6 +47,8 @@ class BNConfig:
     normalize: str = "full"        # lite BN (scratch only): "full" | "mean" (x - mean) | "var" (x / std)
     ghost_batch: int = 0           # scratch only: normalize each group of this many examples on its own; 0 = off
     groups: int = 2                # groups of model.norm = "group"
+    sync: bool = True              # torchrun job: BN statistics over the global batch (false: each process's slice,
+                                   # "local BN"); one process has nothing to sync and ignores it (distributed.py)
 
 
 @dataclass

@@ -21,11 +21,12 @@ from .train import EpochStats
 # that signal when it reaches that point, so the tests can kill a real run at exact moments (mid-epoch,
 # mid-write, ...). Points: batch:N (before the N-th training batch of this process), checkpoint:E (epoch E's
 # checkpoint saved, nothing else yet), half-written:FILE (FILE's temporary copy half written), tensorboard:E
-# (epoch E logged to TensorBoard, its checkpoint not yet saved). Unset, as in normal use, it does nothing.
+# (epoch E logged to TensorBoard, its checkpoint not yet saved). In a torchrun job, BN_LENET_TEST_SIGNAL_RANK=R
+# limits it to the process of rank R. Unset, as in normal use, it does nothing.
 
 def signal_for_tests(point: str) -> None:
     spec = os.environ.get("BN_LENET_TEST_SIGNAL")
-    if spec:
+    if spec and os.environ.get("BN_LENET_TEST_SIGNAL_RANK", os.environ.get("RANK")) == os.environ.get("RANK"):
         name, _, at = spec.partition("@")
         if at == point:
             os.kill(os.getpid(), getattr(signal, name))

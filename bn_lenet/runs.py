@@ -26,7 +26,9 @@ import torch
 
 from . import config as config_mod
 from . import data as data_mod
+from . import distributed
 from . import tb_log
+from .distributed import SINGLE
 from .errors import UserError
 from .files import (signal_for_tests, load_checkpoint, read_json, read_metrics, save_checkpoint, write_atomic,
                     write_json, write_jsonl, write_metrics)
@@ -147,51 +149,70 @@ def checkpoint_of(run_dir: Path, cfg):
 
 
 def train_run(cfg, out=None, name="run", data=None, progress=False, log=print, resume=False,
-              log_error=None, on_epoch=None) -> dict:
+              log_error=None, job=SINGLE, on_epoch=None) -> dict:
     """Train one run into its directory (new, or ``out`` resumed). Returns meta.json's content.
 
     Diverged and interrupted runs keep every finished epoch on disk and say so in meta.json["status"],
-    with a one-line ``message`` (also passed to ``log_error``, default ``log``). ``on_epoch(stats, model)``
-    runs after each saved epoch (the Python API's live plot).
+    with a one-line ``message`` (also passed to ``log_error``, default ``log``).
+    In a data-parallel job (``job``, distributed.py) every process trains and rank 0 alone writes the run
+    directory; a process of the job that dies makes the run "failed", its finished epochs kept.
+    ``on_epoch(stats, model)`` runs after each saved epoch (the Python API's live plot).
     """
     # From here on Ctrl-C / SIGTERM stop the run at the next batch boundary, whenever they come.
     with stop_on_signals() as stop_requested:
-        meta = _train_run(cfg, out, name, data, progress, log, resume, log_error or log, stop_requested,
+        meta = _train_run(cfg, out, name, data, progress, log, resume, log_error or log, stop_requested, job,
                           on_epoch)
-    if stop_requested() and meta["status"] == "finished":
+    if stop_requested() and meta["status"] == "finished" and not job.distributed:
         # The stop came after the last batch: this run is complete and saved, but a caller running many
-        # runs (the seed study) must stop too, not start the next one.
+        # runs (the seed study) must stop too, not start the next one. (A torchrun job is one run; its
+        # processes end together, see cli.py.)
         raise KeyboardInterrupt
     return meta
 
 
-def _train_run(cfg, out, name, data, progress, log, resume, log_error, stop_requested, on_epoch) -> dict:
+def _train_run(cfg, out, name, data, progress, log, resume, log_error, stop_requested, job, on_epoch) -> dict:
     # User errors (a bad --out, no GPU, no data, log.tensorboard without TensorBoard) are found before anything
-    # is written.
-    if out and not resume:
-        check_out(out)
-    if cfg.log.tensorboard:
-        tb_log.require()
-    _set_threads(cfg)
-    device = resolve_device(cfg.train.device)
-    data = (data or data_mod.load_dataset(cfg.data.root or None)).to(device)
-    if resume:
-        run_dir = Path(out)
-        ckpt = checkpoint_of(run_dir, cfg)
-        meta = read_json(run_dir / "meta.json") if (run_dir / "meta.json").exists() else {}
-        for leftover in run_dir.glob("*.tmp"):  # half-written by a killed process; never read
-            leftover.unlink()
-    else:
-        run_dir, ckpt = new_run_dir(out, name), None
-        write_atomic(run_dir / "config.toml", config_mod.to_toml(cfg))
-        meta = {"seed": cfg.train.seed, "command": " ".join(sys.argv), "started": _now()}
+    # is written; in a data-parallel job
+    # every process finds them together and all stop with the same one (job.together).
+    writes = job.is_main  # rank 0 alone writes the run directory
+    with job.together():
+        if out and not resume:
+            check_out(out)
+        if cfg.log.tensorboard:
+            tb_log.require()
+        _set_threads(cfg)
+        device = distributed.device_for(job, cfg.train.device) if job.distributed else resolve_device(
+            cfg.train.device)
+        data = (data or data_mod.load_dataset(cfg.data.root or None)).to(device)
+        if job.distributed:
+            distributed.check(cfg, job, device, data.train_labels.shape[0])
+        if resume:
+            run_dir = Path(out)
+            ckpt = checkpoint_of(run_dir, cfg)
+            meta = read_json(run_dir / "meta.json") if (run_dir / "meta.json").exists() else {}
+            distributed.check_resume(meta, job, run_dir)
+    job = distributed.use(job, cfg, device)
+    with job.together():
+        if resume and writes:
+            for leftover in run_dir.glob("*.tmp"):  # half-written by a killed process; never read
+                leftover.unlink()
+        elif not resume:
+            run_dir, ckpt = (new_run_dir(out, name) if writes else Path(out or "")), None
+            if writes:
+                write_atomic(run_dir / "config.toml", config_mod.to_toml(cfg))
+            meta = {"seed": cfg.train.seed, "command": " ".join(sys.argv), "started": _now()}
+    if job.distributed:
+        run_dir = Path(distributed.gather_objects(str(run_dir), job.control)[0])  # rank 0's, for messages
+        meta.update(job.describe(cfg))
+        if not writes:
+            log = lambda *_: None  # noqa: E731  rank 0 reports the epochs
     meta.update(environment(device), data=data.source, run_dir=str(run_dir), status="running", epochs_done=0,
                 tf32=uses_tf32(cfg.train.precision, device))  # fit() sets it (train.set_fp32_math)
     for stale in ("interrupted_at", "message", "ended"):
         meta.pop(stale, None)
 
     torch.manual_seed(cfg.train.seed)
-    model = from_config(cfg).to(device)
+    model = distributed.prepare_model(job, from_config(cfg).to(device))
     optimizer = make_optimizer(model, cfg.train.lr)
     grad_norms = GradNorms(model) if cfg.log.grad_norms else None
     history, bn_history, start = [], [], 0
@@ -206,11 +227,13 @@ def _train_run(cfg, out, name, data, progress, log, resume, log_error, stop_requ
         log(f"resuming {run_dir} after epoch {start}/{cfg.train.epochs}")
     if resume:
         # The checkpoint is the source of truth: drop anything a killed process wrote after it.
-        write_epoch_files(run_dir, history, bn_history, grad_rows)
+        if writes:
+            write_epoch_files(run_dir, history, bn_history, grad_rows)
         meta.update(epochs_done=start)
         meta.setdefault("resumed", []).append({"at_epoch": start, "time": _now(), "command": " ".join(sys.argv)})
-    write_json(run_dir / "meta.json", meta)
-    tb = tb_log.open_run(run_dir, cfg, start, resumed=resume) if cfg.log.tensorboard else None
+    if writes:
+        write_json(run_dir / "meta.json", meta)
+    tb = tb_log.open_run(run_dir, cfg, start, resumed=resume) if cfg.log.tensorboard and writes else None
 
     diverged_because = []
 
@@ -221,11 +244,15 @@ def _train_run(cfg, out, name, data, progress, log, resume, log_error, stop_requ
             raise Diverged(stats)
         history.append(stats.row())
         bn_history.append({"epoch": stats.epoch, "params": bn_params(model)})
+        meta["epochs_done"] = stats.epoch
+        if grad_norms is not None:
+            grad_rows.append(grad_norms.row(stats.epoch))
+        if not writes:
+            return
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": stats.epoch,
                  "config": config_mod.to_dict(cfg), "rng": rng_states(), "history": history,
                  "bn_history": bn_history}
         if grad_norms is not None:
-            grad_rows.append(grad_norms.row(stats.epoch))
             state["grad_norms"] = grad_rows
         if tb is not None:  # before the checkpoint: a kill in between is purged on resume, never a gap
             tb_log.log_epoch(tb, history[-1], model, optimizer.param_groups[0]["lr"])
@@ -233,7 +260,6 @@ def _train_run(cfg, out, name, data, progress, log, resume, log_error, stop_requ
         save_checkpoint(run_dir / "checkpoint.pt", state)
         signal_for_tests(f"checkpoint:{stats.epoch}")
         write_epoch_files(run_dir, history, bn_history, grad_rows)
-        meta["epochs_done"] = stats.epoch
         write_json(run_dir / "meta.json", meta)
         if not progress:
             log(format_epoch(stats))
@@ -248,7 +274,7 @@ def _train_run(cfg, out, name, data, progress, log, resume, log_error, stop_requ
 
     try:
         fit(model, data, cfg, optimizer, start, on_epoch=save_epoch, progress=progress, should_stop=should_stop,
-            grad_norms=grad_norms)
+            grad_norms=grad_norms, job=job)
         meta["status"] = "finished"
     except Diverged as e:
         why = diverged_because[0] if diverged_because else f"the training loss is {e.stats.loss}"
@@ -258,14 +284,25 @@ def _train_run(cfg, out, name, data, progress, log, resume, log_error, stop_requ
     except Interrupted as e:
         meta.update(status="interrupted", interrupted_at={"epoch": e.epoch, "batch": e.batch},
                     message=f"interrupted during epoch {e.epoch}; kept the {len(history)} finished epoch(s) "
-                            f"in {run_dir}. Continue with: bn-lenet run --resume {run_dir}")
+                            f"in {run_dir}. Continue with: {distributed.resume_command(job)} {run_dir}")
+    except Exception as e:
+        if not (job.distributed and distributed.is_peer_failure(e)):
+            raise
+        # Another process died or stopped answering: this one cannot go on alone.
+        meta.update(status="failed", message=f"process {job.rank} of {job.world} lost contact with the job "
+                    f"({distributed.short(e)}): another process died or hung. Kept the {len(history)} finished "
+                    f"epoch(s) in {run_dir}. Continue with: {distributed.resume_command(job)} {run_dir}")
     finally:
         if tb is not None:
             tb.close()
     meta["ended"] = _now()
+    if not writes:
+        if meta["status"] == "failed":
+            log_error("error: " + meta["message"])
+        return meta
     write_json(run_dir / "meta.json", meta)
     if "message" in meta:
-        log_error(("error: " if meta["status"] == "diverged" else "") + meta["message"])
+        log_error(("error: " if meta["status"] in ("diverged", "failed") else "") + meta["message"])
     if history:
         from . import plots
         plots.curves(history, run_dir / "curves.png", title=f"LeNet, norm={cfg.model.norm}")

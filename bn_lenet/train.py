@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import FashionMNIST, epoch_order, num_batches, to_float
+from .distributed import SINGLE, share
 from .errors import UserError
 from .model import bn_layers, gamma_beta, is_norm, moving_stats
 from .batchnorm import BatchNorm, channel_dims, ghost_sizes
@@ -151,14 +152,15 @@ def keep_freed_memory() -> bool:
         return False
 
 
-def train_step(model, optimizer, images, labels, precision="fp32", grad_norms=None):
+def train_step(model, optimizer, images, labels, precision="fp32", grad_norms=None, weight=1.0):
     """One SGD step; returns (summed loss over the batch, correct count), both still on the device.
-    ``grad_norms`` (a GradNorms, or None) adds this step's gradient norms, before the update."""
+    ``grad_norms`` (a GradNorms, or None) adds this step's gradient norms, before the update. ``weight`` scales
+    the gradient: a data-parallel process's share of the global batch (distributed.py)."""
     with autocast(images.device, precision):
         logits = model(images)
     loss = F.cross_entropy(logits.float(), labels)  # mean over the batch, as the tutorial
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    (loss * weight if weight != 1.0 else loss).backward()
     if grad_norms is not None:
         grad_norms.add()
     optimizer.step()
@@ -167,15 +169,17 @@ def train_step(model, optimizer, images, labels, precision="fp32", grad_norms=No
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000,
-             precision: str = "fp32") -> float:
-    """Accuracy in eval mode (BN uses its moving statistics). Leaves the model in eval mode."""
+             precision: str = "fp32", job=SINGLE) -> float:
+    """Accuracy in eval mode (BN uses its moving statistics). Leaves the model in eval mode.
+    In a data-parallel job each process evaluates every world-th batch and the correct counts are summed:
+    the same batches as one process, so the same count."""
     model.eval()
     correct = torch.zeros((), dtype=torch.long, device=labels.device)
-    for i in range(0, labels.shape[0], batch_size):
+    for i in range(job.rank * batch_size, labels.shape[0], job.world * batch_size):
         with autocast(images.device, precision):
             logits = model(to_float(images[i:i + batch_size]))
         correct += (logits.argmax(dim=1) == labels[i:i + batch_size]).sum()
-    return correct.item() / labels.shape[0]  # the one host sync
+    return job.sum_count(correct.item()) / labels.shape[0]  # the one host sync
 
 
 class GradNorms:
@@ -215,12 +219,13 @@ class GradNorms:
 
 @torch.no_grad()
 def batch_stats_test_acc(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
-                         precision: str = "fp32") -> float:
+                         precision: str = "fp32", job=SINGLE) -> float:
     """eval.batch_stats: test accuracy with every test batch normalized by its own statistics, as BN does in
     training. ``batch_size`` should be train.batch_size, the batch size BN saw in training (a layer with
     bn.ghost_batch splits each batch into its ghost groups, as in training); a last batch of one example joins
     the one before. Every buffer (moving statistics, num_batches_tracked) is saved before and put back after,
-    so neither training nor the usual eval-mode test accuracy is affected. No gradient."""
+    so neither training nor the usual eval-mode test accuracy is affected. No gradient. In a data-parallel job
+    each process takes its slice of every test batch, as in training (synced or local BN alike)."""
     buffers = list(model.buffers())
     saved = [b.clone() for b in buffers]
     was_training = model.training
@@ -229,24 +234,36 @@ def batch_stats_test_acc(model: nn.Module, images: torch.Tensor, labels: torch.T
     try:
         start = 0
         for size in ghost_sizes(labels.shape[0], batch_size):
+            lo, hi = share(size, job.rank, job.world)
             with autocast(images.device, precision):
-                logits = model(to_float(images[start:start + size]))
-            correct += (logits.argmax(dim=1) == labels[start:start + size]).sum()
+                logits = model(to_float(images[start + lo:start + hi]))
+            correct += (logits.argmax(dim=1) == labels[start + lo:start + hi]).sum()
             start += size
     finally:
         for b, s in zip(buffers, saved):
             b.copy_(s)
         model.train(was_training)
-    return correct.item() / labels.shape[0]  # the one host sync
+    return job.sum_count(correct.item()) / labels.shape[0]  # the one host sync
 
 
 @torch.no_grad()
-def reestimate_bn(model: nn.Module, images: torch.Tensor, batch_size: int, max_batches: int = 0) -> None:
+def reestimate_bn(model: nn.Module, images: torch.Tensor, batch_size: int, max_batches: int = 0,
+                  job=SINGLE) -> None:
     """Precise BN: replace every BN layer's moving statistics by the average of per-batch statistics over
     training batches, with the weights fixed (as torch.optim.swa_utils.update_bn, but for the scratch
     layer too). Each layer keeps its own variance convention (biased or unbiased). A layer with bn.ghost_batch
-    takes each batch's statistics as its moving update does: the mean over the ghost groups of theirs."""
-    sums, hooks = {}, []
+    takes each batch's statistics as its moving update does: the mean over the ghost groups of theirs.
+
+    In a data-parallel job the batch statistics are those training used. Synced BN: each process runs every
+    world-th batch whole (``model`` must not sync: use ``local_model``), the per-batch statistics are summed
+    over the processes (a batch another process ran adds zeros here) and then added up in batch order: the
+    same additions in the same order as one process, so the same numbers. Local BN: each process runs its
+    slice of every batch, as in training, and a batch's statistics are the mean over the slices' (as
+    bn.ghost_batch in one process)."""
+    per_batch, hooks = {}, []  # name -> [means (batches, C), variances (batches, C)]
+    batches = num_batches(images.shape[0], batch_size, max_batches)
+    slices = job.distributed and not job.sync
+    current = [0]
 
     def hook_for(name, layer):
         unbiased = layer.unbiased if isinstance(layer, BatchNorm) else True  # nn.BatchNorm stores unbiased
@@ -260,10 +277,10 @@ def reestimate_bn(model: nn.Module, images: torch.Tensor, batch_size: int, max_b
                 var, mean = (torch.stack(t).mean(0) for t in zip(*groups))
             else:
                 var, mean = torch.var_mean(x, dim=channel_dims(x.ndim), correction=1 if unbiased else 0)
-            s = sums.setdefault(name, [torch.zeros_like(mean), torch.zeros_like(var), 0])
-            s[0] += mean
-            s[1] += var
-            s[2] += 1
+            s = per_batch.setdefault(name, [mean.new_zeros(batches, mean.shape[0]),
+                                            var.new_zeros(batches, var.shape[0])])
+            s[0][current[0]] = mean
+            s[1][current[0]] = var
         return hook
 
     layers = bn_layers(model)
@@ -274,21 +291,47 @@ def reestimate_bn(model: nn.Module, images: torch.Tensor, batch_size: int, max_b
     was_training = model.training
     model.train()  # batch statistics flow forward as in training; the weights are not touched
     try:
-        for i in range(num_batches(images.shape[0], batch_size, max_batches)):
-            model(to_float(images[i * batch_size:(i + 1) * batch_size]))
+        for i in range(batches) if slices else range(job.rank, batches, job.world):
+            current[0] = i
+            batch = images[i * batch_size:(i + 1) * batch_size]
+            if slices:
+                start, stop = share(batch.shape[0], job.rank, job.world)
+                batch = batch[start:stop]
+            model(to_float(batch))
     finally:
         for h in hooks:
             h.remove()
         model.train(was_training)
     for name, layer in layers.items():
-        mean_sum, var_sum, count = sums[name]
-        moving_mean, moving_var = moving_stats(layer)
-        moving_mean.copy_(mean_sum / count)
-        moving_var.copy_(var_sum / count)
+        moving = moving_stats(layer)
+        # A process that ran no batch (fewer batches than processes) still joins the sums, with zeros.
+        stats = per_batch.get(name) or [m.new_zeros(batches, m.shape[0], dtype=torch.float32) for m in moving]
+        for per_batch_stat, moving_stat in zip(stats, moving):
+            job.sum_(per_batch_stat)
+            if slices:
+                per_batch_stat /= job.world  # the mean over the slices of each batch
+            total = torch.zeros_like(per_batch_stat[0])
+            for row in per_batch_stat:  # in batch order, one batch at a time, as the sums always were
+                total += row
+            moving_stat.copy_(total / batches)
 
 
-def precise_test_acc(model, data: FashionMNIST, batch_size: int, max_batches: int, eval_batch_size: int) -> float:
+def local_model(model: nn.Module, job=SINGLE) -> nn.Module:
+    """``model`` itself in one process; in a data-parallel job a copy whose BN layers are not synced, for
+    work each process does on whole batches of its own (precise BN)."""
+    if not job.distributed:
+        return model
+    from .sync_batchnorm import local_copy
+    return local_copy(model)
+
+
+def precise_test_acc(model, data: FashionMNIST, batch_size: int, max_batches: int, eval_batch_size: int,
+                     job=SINGLE) -> float:
     """Test accuracy with re-estimated BN statistics; the model's own moving statistics are restored after."""
+    if job.distributed:  # on a copy without synced BN: each process normalizes its batches whole
+        model = local_model(model, job)
+        reestimate_bn(model, data.train_images, batch_size, max_batches, job)
+        return evaluate(model, data.test_images, data.test_labels, eval_batch_size, job=job)
     saved = {k: v.clone() for k, v in model.state_dict().items()}
     try:
         reestimate_bn(model, data.train_images, batch_size, max_batches)
@@ -298,13 +341,15 @@ def precise_test_acc(model, data: FashionMNIST, batch_size: int, max_batches: in
 
 
 def fit(model: nn.Module, data: FashionMNIST, cfg, optimizer=None, start_epoch: int = 0, on_epoch=None,
-        progress: bool = False, should_stop=lambda: False, grad_norms=None) -> list:
+        progress: bool = False, should_stop=lambda: False, grad_norms=None, job=SINGLE) -> list:
     """Train ``model`` on ``data`` (already on the model's device) for epochs start_epoch+1 .. cfg.train.epochs.
 
     ``on_epoch(stats)`` runs after each finished epoch (the run directory saves there). A non-finite loss
     raises Diverged before on_epoch; ``should_stop()`` true at a batch boundary raises Interrupted.
     ``grad_norms`` (a GradNorms, for log.grad_norms) is restarted each epoch and fed every step; on_epoch
-    reads its row.
+    reads its row. In a data-parallel job (``job``, distributed.py) this process trains on its slice of every
+    batch through DDP, and the epoch's figures are those of the whole job (gradient norms are of the averaged,
+    global-batch gradients).
     """
     from . import graph_step  # here, not at the top: graph_step builds on train_step
     t, device = cfg.train, data.train_labels.device
@@ -316,6 +361,8 @@ def fit(model: nn.Module, data: FashionMNIST, cfg, optimizer=None, start_epoch: 
     # same parameters, instead of paying a second compile for its shape. (A new wrapper per fit() call costs
     # nothing: dynamo's cache is keyed by the code and guards, so the same model structure compiles once.)
     full_size = torch.compile(model) if t.compile else model
+    parallel = job.wrap(model)  # DDP in a data-parallel job
+    stop_pending = [False]
     n = data.train_labels.shape[0]
     batches = num_batches(n, t.batch_size, t.limit_batches)
     # Summed loss and correct count of the epoch, zeroed in place at each epoch start (a CUDA graph adds
@@ -346,11 +393,17 @@ def fit(model: nn.Module, data: FashionMNIST, cfg, optimizer=None, start_epoch: 
         sync(device)
         step_start = time.perf_counter()
         for b in range(batches):
-            if should_stop():
+            if job.stop_agreed(should_stop(), b, stop_pending):
                 raise Interrupted(epoch, b)
             idx = order[b * t.batch_size:(b + 1) * t.batch_size]
             full = idx.shape[0] == t.batch_size
-            if full and static_step is not None:
+            if job.distributed:
+                idx, weight = job.slice(idx)
+                batch_loss, batch_correct = train_step(parallel, optimizer, to_float(data.train_images[idx]),
+                                                       data.train_labels[idx], t.precision, grad_norms, weight)
+                loss_sum += batch_loss
+                correct += batch_correct
+            elif full and static_step is not None:
                 static_step(idx)  # the same train_step, replayed from the graph; adds into loss_sum, correct
             else:
                 batch_loss, batch_correct = train_step(full_size if full else model, optimizer,
@@ -365,16 +418,20 @@ def fit(model: nn.Module, data: FashionMNIST, cfg, optimizer=None, start_epoch: 
                     bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}")
         sync(device)
         step_seconds = time.perf_counter() - step_start
-        loss, train_acc = loss_sum.item() / seen, correct.item() / seen
+        loss_total, correct_total, seen, step_seconds = job.epoch_totals(loss_sum.item(), correct.item(), seen,
+                                                                         step_seconds)
+        loss, train_acc = loss_total / seen, correct_total / seen
+        if not job.sync:
+            job.average_moving_stats(model)  # local BN in a data-parallel job (no-op in one process)
         test_acc = float("nan") if not math.isfinite(loss) else evaluate(
-            model, data.test_images, data.test_labels, cfg.eval.batch_size, t.precision)
+            model, data.test_images, data.test_labels, cfg.eval.batch_size, t.precision, job)
         stats = EpochStats(epoch, loss, train_acc, test_acc, seen / step_seconds, 0.0)
         if cfg.eval.precise_bn and math.isfinite(loss):
             stats.test_acc_precise = precise_test_acc(model, data, t.batch_size, cfg.eval.precise_bn_batches,
-                                                      cfg.eval.batch_size)
+                                                      cfg.eval.batch_size, job)
         if cfg.eval.batch_stats and math.isfinite(loss):
             stats.test_acc_batch_stats = batch_stats_test_acc(model, data.test_images, data.test_labels,
-                                                              t.batch_size, t.precision)
+                                                              t.batch_size, t.precision, job)
         stats.seconds = time.perf_counter() - started
         if bar is not None:
             bar.set_postfix(loss=f"{loss:.3f}", acc=f"{train_acc:.3f}", test=f"{test_acc:.3f}")
