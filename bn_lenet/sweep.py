@@ -88,7 +88,7 @@ def run_sweep(spec: dict, out, jobs=None, executor="local", ray_address=None, re
         jobs = jobs or default_jobs(len(todo), on_gpu)
         setup = {"executor": executor, "jobs": jobs, "threads_per_run": max(1, cores() // jobs)}
         if executor == "ray":
-            from .sweep_exec import connect_ray
+            from .sweep_ray import connect_ray
             ray = connect_ray(ray_address, cpus=jobs * setup["threads_per_run"])
             setup["ray_address"] = ray_address or "a local instance"
     previous = read_json(out / "sweep.json") if (out / "sweep.json").is_file() else {}
@@ -110,7 +110,7 @@ def run_sweep(spec: dict, out, jobs=None, executor="local", ray_address=None, re
         tasks = [{"dir": str(r["dir"].resolve()), "cfg": r["cfg"], "point": r["point"], "seed": r["seed"],
                   "verbose": not quiet} for r in todo]
         if ray is not None:
-            from .sweep_exec import run_ray
+            from .sweep_ray import run_ray
             completed = run_ray(ray, tasks, setup["threads_per_run"], on_result)
         else:
             from .sweep_exec import run_local

@@ -15,7 +15,6 @@ quiet machine (~5 min on 2 cores); `--limit-batches 2 --out /tmp/speed` checks t
 
 import argparse
 import json
-import os
 import platform
 import shlex
 import shutil

@@ -16,7 +16,6 @@ from bn_lenet.cli import main
 from bn_lenet.data import FashionMNIST
 from bn_lenet.sweep import spec_for
 from bn_lenet.sweep_spec import resolve_runs
-from bn_lenet.sweep_report import load_sweep
 from bn_lenet.sweep_answers import compare as compare_answer
 
 ROOT = Path(__file__).resolve().parents[1]
