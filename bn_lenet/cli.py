@@ -10,7 +10,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from .errors import UserError
+from .errors import UserError, run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -273,24 +273,6 @@ def cmd_benchmark(args) -> int:
 
 COMMANDS = {"run": cmd_run, "inspect": cmd_inspect, "sweep": cmd_sweep, "compare": cmd_sweep, "data": cmd_data,
             "benchmark": cmd_benchmark}
-
-
-def run_main(fn, *args, debug=False) -> int:
-    """Run fn(*args); a user error becomes one ``error:`` line and exit code 2 (``--debug``: the traceback)."""
-    debug = debug or "--debug" in sys.argv
-    try:
-        return fn(*args)
-    except UserError as e:
-        if debug:
-            raise
-        if not getattr(e, "quiet", False):  # a data-parallel job's other processes: rank 0 prints it
-            print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        if debug:
-            raise
-        print("interrupted", file=sys.stderr)
-        return 130
 
 
 def main(argv=None) -> int:

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bn_lenet import config, data as data_mod, published, runs  # noqa: E402
-from bn_lenet.cli import run_main  # noqa: E402
+from bn_lenet.errors import run_main  # noqa: E402
 from bn_lenet.errors import UserError  # noqa: E402
 from bn_lenet.files import read_json  # noqa: E402
 from bn_lenet.train import resolve_device  # noqa: E402
