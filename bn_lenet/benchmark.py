@@ -168,7 +168,7 @@ def profile_step(cfg, device, steps=20, top=12) -> list:
     when train.compile is set): the ops with the most self time (``profile_time``: on the GPU where there is
     one), as [{op, self_ms_per_step, percent}]."""
     from torch.profiler import ProfilerActivity, profile
-    from .train import train_step
+    from .step import train_step
     data = data_mod.load_dataset(cfg.data.root or None).to(device)
     torch.manual_seed(cfg.train.seed)
     model = from_config(cfg).to(device)

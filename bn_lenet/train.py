@@ -16,21 +16,21 @@ on CPU, glibc's allocator keeps freed memory instead of returning it to the OS e
 by default: not yet run on a GPU in this project).
 """
 
-import contextlib
 import ctypes
 import math
 import time
 from dataclasses import dataclass, asdict
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from . import graph_step
 from .data import FashionMNIST, epoch_order, num_batches, to_float
 from .distributed import SINGLE, share
 from .errors import UserError
 from .model import bn_layers, gamma_beta, is_norm, moving_stats
 from .batchnorm import BatchNorm, channel_dims, ghost_sizes
+from .step import autocast, train_step
 
 PROGRESS_EVERY = 25
 
@@ -76,25 +76,9 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    from .provenance import cpu_model
-    return cpu_model()
-
-
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast for conv/linear; our BN computes its statistics in fp32 (see batchnorm.py), as
-    nn.BatchNorm does. No weight-cast cache: LeNet casts each weight once per forward anyway, and capturing
-    the step in a CUDA graph (graph_step.py) needs it off."""
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
-    return contextlib.nullcontext()
 
 
 def uses_tf32(precision: str, device: torch.device) -> bool:
@@ -150,21 +134,6 @@ def keep_freed_memory() -> bool:
         return bool(libc.mallopt(M_MMAP_THRESHOLD, 1 << 30) and libc.mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1))
     except (OSError, AttributeError):  # not glibc: nothing to tune
         return False
-
-
-def train_step(model, optimizer, images, labels, precision="fp32", grad_norms=None, weight=1.0):
-    """One SGD step; returns (summed loss over the batch, correct count), both still on the device.
-    ``grad_norms`` (a GradNorms, or None) adds this step's gradient norms, before the update. ``weight`` scales
-    the gradient: a data-parallel process's share of the global batch (distributed.py)."""
-    with autocast(images.device, precision):
-        logits = model(images)
-    loss = F.cross_entropy(logits.float(), labels)  # mean over the batch, as the tutorial
-    optimizer.zero_grad(set_to_none=True)
-    (loss * weight if weight != 1.0 else loss).backward()
-    if grad_norms is not None:
-        grad_norms.add()
-    optimizer.step()
-    return loss.detach() * labels.shape[0], (logits.argmax(dim=1) == labels).sum()
 
 
 @torch.inference_mode()
@@ -351,7 +320,6 @@ def fit(model: nn.Module, data: FashionMNIST, cfg, optimizer=None, start_epoch: 
     batch through DDP, and the epoch's figures are those of the whole job (gradient norms are of the averaged,
     global-batch gradients).
     """
-    from . import graph_step  # here, not at the top: graph_step builds on train_step
     t, device = cfg.train, data.train_labels.device
     optimizer = optimizer or make_optimizer(model, t.lr)
     set_fp32_math(t.precision, device)
