@@ -118,8 +118,8 @@ def epoch_lr(lr: float, schedule: str, epoch: int, epochs: int) -> float:
 
 def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
     # The tutorial's plain SGD: no momentum, no weight decay. On CUDA, the fused kernel updates all 18
-    # parameters in one launch (launches dominate a GPU step). On CPU it saves ~25 us of a ~10 ms step
-    # (measured: loop 81, foreach 67, fused 56 us per step), so PyTorch's default stays there.
+    # parameters in one launch (launches dominate a GPU step). On CPU it saves a negligible share of a step
+    # (results/benchmark/NOTES.md), so PyTorch's default stays there.
     cuda = next(model.parameters()).is_cuda
     return torch.optim.SGD(model.parameters(), lr=lr, fused=True if cuda else None)
 
