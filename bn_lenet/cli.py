@@ -75,7 +75,7 @@ def cmd_run(args) -> int:
 
 
 def _run(args, job) -> int:
-    from . import config, runs
+    from . import config, process, runs
     progress = not args.quiet and sys.stderr.isatty() and job.is_main
     to_stderr = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     with job.together():  # a bad command line or config stops every process of a job with the same error
@@ -94,6 +94,9 @@ def _run(args, job) -> int:
             if args.data_dir:
                 overrides.append(f"data.root={json.dumps(args.data_dir)}")
             cfg = config.resolve(args.config, overrides)
+    # This process trains: on CPU, glibc keeps the memory each step frees (process-wide: ~1,000 fewer page
+    # faults per step, the same numbers; bn_lenet/process.py).
+    process.keep_freed_memory(cfg.train.device)
     if args.resume:
         meta = runs.train_run(cfg, out=args.resume, progress=progress, resume=True, log_error=to_stderr, job=job)
     else:

@@ -11,12 +11,12 @@ every ``PROGRESS_EVERY`` steps). The fast path, each piece measured by ``bn-lene
 (results/benchmark/): the scratch BN's hand-written backward (batchnorm.py); LeNet's own 2x2 avg-pool on
 CPU (pool.py); ``train.compile`` compiles the
 model for the full-size batches, the last partial batch runs eagerly (no second compile for its shape);
-on CPU, glibc's allocator keeps freed memory instead of returning it to the OS every step. On CUDA,
+on CPU, glibc's allocator keeps freed memory instead of returning it to the OS every step (process-wide, so
+set where our processes start, not here: process.py). On CUDA,
 ``train.cuda_graph`` replays the whole step from a CUDA graph for the full-size batches (graph_step.py; off
 by default: not yet run on a GPU in this project).
 """
 
-import ctypes
 import math
 import time
 from dataclasses import dataclass, asdict
@@ -122,18 +122,6 @@ def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
     # (results/benchmark/NOTES.md), so PyTorch's default stays there.
     cuda = next(model.parameters()).is_cuda
     return torch.optim.SGD(model.parameters(), lr=lr, fused=True if cuda else None)
-
-
-def keep_freed_memory() -> bool:
-    """On Linux/glibc, stop malloc from handing every freed activation (up to 3.5 MB each) back to the OS:
-    without this each training step takes ~1,000 page faults to get the same memory back (measured with
-    ru_minflt), a few percent of a CPU step. Process-wide; the memory is reused, not leaked."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, 1 << 30) and libc.mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1))
-    except (OSError, AttributeError):  # not glibc: nothing to tune
-        return False
 
 
 @torch.inference_mode()
@@ -323,8 +311,6 @@ def fit(model: nn.Module, data: FashionMNIST, cfg, optimizer=None, start_epoch: 
     t, device = cfg.train, data.train_labels.device
     optimizer = optimizer or make_optimizer(model, t.lr)
     set_fp32_math(t.precision, device)
-    if device.type == "cpu":
-        keep_freed_memory()
     # Compiled for the full-size batches only: the last partial batch (96 of 60,000) runs eagerly, with the
     # same parameters, instead of paying a second compile for its shape. (A new wrapper per fit() call costs
     # nothing: dynamo's cache is keyed by the code and guards, so the same model structure compiles once.)
