@@ -17,8 +17,7 @@ import math
 import statistics
 from pathlib import Path
 
-from .stats import describe, finished
-from .sweep_report import final_values
+from .stats import describe, final_values, finished
 
 NAME = "gradients"
 FIGURE = "grad_norms.png"

@@ -10,8 +10,7 @@ ratio is given with the bounds that follow from that.
 
 import math
 
-from .stats import describe, finished
-from .sweep_report import STUCK_ACC, final_values
+from .stats import STUCK_ACC, describe, final_values, finished
 
 NAME = "lr"
 TRAINS_ACC = 0.70

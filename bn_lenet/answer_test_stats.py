@@ -14,8 +14,7 @@ the moving statistics lagging behind the weights, the two others would not swing
 
 import statistics
 
-from .stats import describe, finished
-from .sweep_report import final_values
+from .stats import describe, final_values, finished
 
 NAME = "test_stats"
 SWING_EPOCHS = 5

@@ -60,11 +60,11 @@ class _TrainingBatchNorm(torch.autograd.Function):
 
     Written out by hand for speed: autograd through the formula (var_mean, then four broadcast ops) keeps
     several full-size intermediates and runs a dozen full-size kernels, and var_mean over (N, H, W) is
-    itself slow on CPU (2.6 ms for conv1's output, against 0.25 ms for the two passes here); this keeps
-    one tensor d = X - mean. Forward: sum, subtract, square, sum, multiply, add in place. Backward: two
-    sums, two multiplies, an add and an addcmul in place: ~3-7% faster per CPU training step than the
-    out-of-place version (three interleaved A/B runs), while torch.addcmul with a broadcast first operand
-    (out of place) is 3x slower than a multiply and an add here, so it is not used.
+    itself slow on CPU, slower than the two passes here; this keeps one tensor d = X - mean. Forward: sum,
+    subtract, square, sum, multiply, add in place. Backward: two sums, two multiplies, an add and an addcmul
+    in place, which beat their out-of-place forms on a CPU step; torch.addcmul with a broadcast first operand
+    (out of place) is slower than a multiply and an add, so it is not used. (The measurements behind each
+    choice: results/benchmark/NOTES.md.)
     Statistics are accumulated in at least fp32, so a bf16 input under autocast still gets fp32 statistics
     (as nn.BatchNorm); the output has the input's dtype. The variance is two-pass, mean first
     then the mean of squared deviations: the one-pass E[x^2] - E[x]^2 saves one kernel but drifted 1.2e-4

@@ -32,7 +32,7 @@ import contextlib
 import torch
 
 from .data import to_float
-from .train import train_step
+from .step import train_step
 
 WARMUP_STEPS = 3  # PyTorch's recipe warms up on a side stream before capture; 3 as in its example
 

@@ -1,10 +1,9 @@
 """LeNet's 2x2 average pooling (stride 2), written for speed on CPU: the same values as ``nn.AvgPool2d(2, 2)``.
 
-PyTorch's CPU avg_pool2d was 16-18% of the profiled LeNet training step here (the benchmark's profile at
-3409443; forward and backward 2.1 ms for conv1's 256x6x24x24 output). The mean of the four strided quarters,
-with a backward that spreads a quarter of each gradient over its 2x2 window, made the whole training step
-7-18% faster (interleaved A/B runs on the 2-core CPU, scratch and nn.BatchNorm); spreading with
-repeat_interleave instead of copying an expanded view gained another 0-7% (three paired A/B runs).
+PyTorch's CPU avg_pool2d was a large share of the profiled LeNet training step here (conv1's pool above all).
+The mean of the four strided quarters, with a backward that spreads a quarter of each gradient over its 2x2
+window, makes the whole CPU training step faster; spreading with repeat_interleave beats copying an expanded
+view. (The profile and the A/B runs behind both: results/benchmark/NOTES.md.)
 Elsewhere (a GPU, where one kernel launch beats five) and for odd heights or widths, ``F.avg_pool2d`` runs.
 """
 
@@ -22,7 +21,7 @@ class _AvgPool2x2(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         # Each output's gradient, quartered, to the 4 inputs of its window: repeat_interleave along W then H
-        # (0.36 ms for conv1's pool here; materializing an expanded 6-d view took 1.0 ms, avg_pool2d's own 0.9).
+        # (faster here than materializing an expanded 6-d view, and than avg_pool2d's own backward).
         return (grad * 0.25).repeat_interleave(2, dim=-1).repeat_interleave(2, dim=-2)
 
 

@@ -6,7 +6,12 @@ from pathlib import Path
 
 import torch
 
-from .train import device_name
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model name on CPU (meta.json's "device_name")."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return cpu_model()
 
 
 def cpu_model() -> str:

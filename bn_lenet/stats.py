@@ -1,6 +1,8 @@
 """Statistics over seeds: describe a set of final figures, compare two sets without assuming a
 distribution (an exact permutation test; 5 seeds cannot check normality), and how much a curve swings.
 
+``final_values`` and ``pm`` are the pieces every report and answer shares (sweep_report.py, answer*.py).
+
 A run here is a dict with at least ``status`` and ``rows`` (its metrics per epoch), as the sweep report
 loads them (bn_lenet/sweep_report.py).
 """
@@ -9,10 +11,16 @@ import itertools
 import math
 import statistics
 
+STUCK_ACC = 0.15  # 10 classes: chance is 0.10; a finished run at or below this is "stuck"
+
 
 def finished(study_runs: list) -> list:
     """The runs that trained every epoch; diverged or unfinished ones are reported, never averaged."""
     return [r for r in study_runs if r["status"] == "finished"]
+
+
+def final_values(runs: list, metric: str) -> list:
+    return [r["rows"][-1][metric] for r in finished(runs) if metric in r["rows"][-1]]
 
 
 # --- statistics ---------------------------------------------------------------------------------------
@@ -72,3 +80,11 @@ def permutation_p(a: list, b: list) -> float:
 
 def ranges_overlap(a: list, b: list) -> bool:
     return max(min(a), min(b)) <= min(max(a), max(b))
+
+
+def pm(d: dict, digits: int = 3) -> str:
+    """A ``describe`` result as the reports write it: mean ± std (min..max)."""
+    if not d.get("n"):
+        return "n/a"
+    f = f".{digits}f"
+    return f"{d['mean']:{f}} ± {d['std']:{f}} ({d['min']:{f}}..{d['max']:{f}})"

@@ -20,9 +20,9 @@ from .errors import UserError
 from .files import read_json, write_json
 from .provenance import git_commit
 from .sweep_exec import run_state
+from .sweep_index import SWEEPS_DIR, write_index
 from .sweep_spec import resolve_runs
 
-SWEEPS_DIR = Path("results/sweeps")
 
 
 def cores() -> int:
@@ -172,7 +172,6 @@ def write(spec: dict, out: Path, planned: list, provenance=None, report_command=
     if any(r.get("cfg") is not None and r["cfg"].log.tensorboard for r in planned):
         write_tensorboard_hparams(out, planned)
     if Path(out).resolve().parent == SWEEPS_DIR.resolve():  # a study in results/sweeps/: keep its index current
-        from .sweep_index import write_index
         print(f"index: {write_index(SWEEPS_DIR)}")
     return 0
 

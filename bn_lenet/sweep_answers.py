@@ -3,15 +3,20 @@
 Each answer is ``fn(sweep) -> list of markdown lines``, placed after the question (``sweep`` is
 sweep_report.load_sweep's dict: spec, out, points with their runs, metrics, lead). It may draw its own
 figures into ``sweep["out"]``. A study with its own question adds its function to ANSWERS.
+
+This module is the registry: it imports every answer module, and no answer module imports it (nor the report
+that uses it, sweep_report.py); the pieces they share are in stats.py and answers_common.py.
 """
 
+from . import answer_gradients, answer_lr, answer_test_stats, answers_affine, answers_variants
+from .answers_common import finals, mean
+from .stats import STUCK_ACC, describe, final_values, pm
+from .study_report import study_sections
 
 
 def generic(sweep: dict) -> list:
     """The best and the worst point by the first lead metric (mean over finished seeds), and what diverged
     or got stuck."""
-    from .stats import describe
-    from .sweep_report import STUCK_ACC, final_values, pm
     metric = sweep["lead"][0]
     lower_is_better = "loss" in metric
     scored = [(describe(final_values(p["runs"], metric)), p) for p in sweep["points"]]
@@ -53,7 +58,6 @@ def _is(run: dict, status: str) -> bool:
 
 def compare(sweep: dict) -> list:
     """The seed study: scratch BN vs nn.BatchNorm vs no BN (bn_lenet/study_report.py), one point per norm."""
-    from .study_report import study_sections
     study = {p["values"]["model.norm"]: p["runs"] for p in sweep["points"]}
     if len(study) != len(sweep["points"]):
         raise ValueError("the compare answer needs one point per model.norm")
@@ -70,7 +74,6 @@ ONE_LINE = {}
 
 def compare_one_line(sweep: dict) -> str:
     """Scratch vs nn.BatchNorm vs no BN: final test accuracy, moving and re-estimated (precise BN) statistics."""
-    from .answers_common import finals, mean
     parts = []
     for p in sweep["points"]:
         moving, precise = finals(p), finals(p, "test_acc_precise")
@@ -82,13 +85,12 @@ def compare_one_line(sweep: dict) -> str:
 
 ONE_LINE["compare"] = compare_one_line
 
-from . import answers_affine, answers_variants  # noqa: E402  (the studies of issue 12; they import nothing from here)
+# The studies of issue 12, several answers per module (ANSWERS and ONE_LINE dicts).
 for _module in (answers_affine, answers_variants):
     ANSWERS.update(_module.ANSWERS)
     ONE_LINE.update(_module.ONE_LINE)
 
 
 # The studies of issue 11, one module each (NAME, answer, one_line).
-from . import answer_gradients, answer_lr, answer_test_stats  # noqa: E402
 for _study in (answer_lr, answer_test_stats, answer_gradients):
     ANSWERS[_study.NAME], ONE_LINE[_study.NAME] = _study.answer, _study.one_line

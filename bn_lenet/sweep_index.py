@@ -17,6 +17,7 @@ from pathlib import Path
 from .answers_common import finals, ms
 from .files import read_json, write_atomic
 
+SWEEPS_DIR = Path("results/sweeps")  # where the studies live (a sweep's default OUT is SWEEPS_DIR/<name>)
 INDEX = "README.md"
 BEGIN, END = "<!-- studies index: begin (python -m bn_lenet.sweep_index) -->", "<!-- studies index: end -->"
 
@@ -101,7 +102,6 @@ def update_readme(readme: Path, root: Path, study_rows: list) -> bool:
 
 
 def main(argv=None) -> int:
-    from .sweep import SWEEPS_DIR
     args = sys.argv[1:] if argv is None else argv
     root = Path(args[0]) if args else SWEEPS_DIR
     if not root.is_dir():

@@ -21,10 +21,10 @@ from pathlib import Path
 
 from . import plots
 from .files import read_json, read_metrics
-from .stats import describe, examples_per_sec, finished
+from .stats import STUCK_ACC, describe, examples_per_sec, final_values, finished, pm
+from .sweep_answers import ANSWERS
 from .sweep_spec import toml_literal
 
-STUCK_ACC = 0.15  # 10 classes: chance is 0.10
 NOT_METRICS = ("epoch", "examples_per_sec", "seconds")
 
 
@@ -70,10 +70,6 @@ def load_sweep(spec: dict, out, planned: list) -> dict:
             "lead": spec["report"]["lead"], "keys": keys}
 
 
-def final_values(runs: list, metric: str) -> list:
-    return [r["rows"][-1][metric] for r in finished(runs) if metric in r["rows"][-1]]
-
-
 def counts(runs: list) -> dict:
     return {"seeds": len(runs), "finished": len(finished(runs)), "stuck": sum(r["stuck"] for r in runs),
             "diverged": sum(r["status"] == "diverged" for r in runs)}
@@ -100,13 +96,6 @@ def write_summary_csv(sweep: dict, path: Path) -> list:
         writer.writerows({k: (toml_literal(v) if isinstance(v, (bool, list)) else v) for k, v in row.items()}
                          for row in rows)
     return rows
-
-
-def pm(d: dict, digits: int = 3) -> str:
-    if not d.get("n"):
-        return "n/a"
-    f = f".{digits}f"
-    return f"{d['mean']:{f}} ± {d['std']:{f}} ({d['min']:{f}}..{d['max']:{f}})"
 
 
 def table(sweep: dict) -> list:
@@ -200,7 +189,6 @@ def provenance_lines(sweep: dict, provenance: dict) -> list:
 
 
 def write_report(spec: dict, out, planned: list, provenance: dict) -> Path:
-    from .sweep_answers import ANSWERS
     sweep = load_sweep(spec, out, planned)
     write_summary_csv(sweep, sweep["out"] / "summary.csv")
     title = spec["title"].replace("{seeds}", str(len(spec["seeds"]))) if spec["title"] else f"Sweep {spec['name']}"

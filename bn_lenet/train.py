@@ -11,26 +11,26 @@ every ``PROGRESS_EVERY`` steps). The fast path, each piece measured by ``bn-lene
 (results/benchmark/): the scratch BN's hand-written backward (batchnorm.py); LeNet's own 2x2 avg-pool on
 CPU (pool.py); ``train.compile`` compiles the
 model for the full-size batches, the last partial batch runs eagerly (no second compile for its shape);
-on CPU, glibc's allocator keeps freed memory instead of returning it to the OS every step. On CUDA,
+on CPU, glibc's allocator keeps freed memory instead of returning it to the OS every step (process-wide, so
+set where our processes start, not here: process.py). On CUDA,
 ``train.cuda_graph`` replays the whole step from a CUDA graph for the full-size batches (graph_step.py; off
 by default: not yet run on a GPU in this project).
 """
 
-import contextlib
-import ctypes
 import math
 import time
 from dataclasses import dataclass, asdict
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from . import graph_step
 from .data import FashionMNIST, epoch_order, num_batches, to_float
 from .distributed import SINGLE, share
 from .errors import UserError
 from .model import bn_layers, gamma_beta, is_norm, moving_stats
 from .batchnorm import BatchNorm, channel_dims, ghost_sizes
+from .step import autocast, train_step
 
 PROGRESS_EVERY = 25
 
@@ -76,25 +76,9 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    from .provenance import cpu_model
-    return cpu_model()
-
-
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast for conv/linear; our BN computes its statistics in fp32 (see batchnorm.py), as
-    nn.BatchNorm does. No weight-cast cache: LeNet casts each weight once per forward anyway, and capturing
-    the step in a CUDA graph (graph_step.py) needs it off."""
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
-    return contextlib.nullcontext()
 
 
 def uses_tf32(precision: str, device: torch.device) -> bool:
@@ -134,37 +118,10 @@ def epoch_lr(lr: float, schedule: str, epoch: int, epochs: int) -> float:
 
 def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
     # The tutorial's plain SGD: no momentum, no weight decay. On CUDA, the fused kernel updates all 18
-    # parameters in one launch (launches dominate a GPU step). On CPU it saves ~25 us of a ~10 ms step
-    # (measured: loop 81, foreach 67, fused 56 us per step), so PyTorch's default stays there.
+    # parameters in one launch (launches dominate a GPU step). On CPU it saves a negligible share of a step
+    # (results/benchmark/NOTES.md), so PyTorch's default stays there.
     cuda = next(model.parameters()).is_cuda
     return torch.optim.SGD(model.parameters(), lr=lr, fused=True if cuda else None)
-
-
-def keep_freed_memory() -> bool:
-    """On Linux/glibc, stop malloc from handing every freed activation (up to 3.5 MB each) back to the OS:
-    without this each training step takes ~1,000 page faults to get the same memory back (measured with
-    ru_minflt), a few percent of a CPU step. Process-wide; the memory is reused, not leaked."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, 1 << 30) and libc.mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1))
-    except (OSError, AttributeError):  # not glibc: nothing to tune
-        return False
-
-
-def train_step(model, optimizer, images, labels, precision="fp32", grad_norms=None, weight=1.0):
-    """One SGD step; returns (summed loss over the batch, correct count), both still on the device.
-    ``grad_norms`` (a GradNorms, or None) adds this step's gradient norms, before the update. ``weight`` scales
-    the gradient: a data-parallel process's share of the global batch (distributed.py)."""
-    with autocast(images.device, precision):
-        logits = model(images)
-    loss = F.cross_entropy(logits.float(), labels)  # mean over the batch, as the tutorial
-    optimizer.zero_grad(set_to_none=True)
-    (loss * weight if weight != 1.0 else loss).backward()
-    if grad_norms is not None:
-        grad_norms.add()
-    optimizer.step()
-    return loss.detach() * labels.shape[0], (logits.argmax(dim=1) == labels).sum()
 
 
 @torch.inference_mode()
@@ -351,12 +308,9 @@ def fit(model: nn.Module, data: FashionMNIST, cfg, optimizer=None, start_epoch: 
     batch through DDP, and the epoch's figures are those of the whole job (gradient norms are of the averaged,
     global-batch gradients).
     """
-    from . import graph_step  # here, not at the top: graph_step builds on train_step
     t, device = cfg.train, data.train_labels.device
     optimizer = optimizer or make_optimizer(model, t.lr)
     set_fp32_math(t.precision, device)
-    if device.type == "cpu":
-        keep_freed_memory()
     # Compiled for the full-size batches only: the last partial batch (96 of 60,000) runs eagerly, with the
     # same parameters, instead of paying a second compile for its shape. (A new wrapper per fit() call costs
     # nothing: dynamo's cache is keyed by the code and guards, so the same model structure compiles once.)

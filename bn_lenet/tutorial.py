@@ -217,5 +217,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from .cli import run_main
+    from .errors import run_main
     sys.exit(run_main(main))

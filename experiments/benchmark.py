@@ -10,7 +10,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bn_lenet import benchmark  # noqa: E402
-from bn_lenet.cli import run_main  # noqa: E402
+from bn_lenet.errors import run_main  # noqa: E402
 
 
 def main(argv=None) -> int:

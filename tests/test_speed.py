@@ -3,6 +3,7 @@
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,8 @@ from torch import nn
 from bn_lenet import batchnorm, config
 from bn_lenet.data import FashionMNIST, epoch_order, num_batches, to_float
 from bn_lenet.model import lenet
-from bn_lenet.train import fit, keep_freed_memory, train_step
+from bn_lenet.process import keep_freed_memory
+from bn_lenet.train import fit, train_step
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -119,12 +121,17 @@ def test_a_cpu_training_step_no_longer_page_faults_for_its_memory():
     assert keep_freed_memory()  # glibc: the CI image is Debian
     model, x, y = lenet("scratch"), torch.rand(256, 1, 28, 28), torch.randint(0, 10, (256,))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    train_step(model, opt, x, y)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(5):
+    for _ in range(2):  # the heap grows to a step's working set
         train_step(model, opt, x, y)
-    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5
-    assert faults < 50  # about 1,000 per step with glibc's defaults
+    faults = []
+    for _ in range(7):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        train_step(model, opt, x, y)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    # The median step: with glibc's defaults it usually takes 1,000-5,000 here (its own adaptive thresholds
+    # sometimes settle too); with the setting, the odd step that still faults (a spike from another thread's
+    # arena) is not the median.
+    assert statistics.median(faults) < 50, faults
 
 
 def test_benchmark_quick_mode_writes_a_table_and_both_files(tmp_path):
@@ -190,3 +197,15 @@ def test_the_profile_ranks_ops_by_gpu_time_on_cuda_and_by_cpu_time_on_cpu():
         torch.ones(64, 64) @ torch.ones(64, 64)
     real = list(prof.key_averages())
     assert top_ops(real, "self_cpu_time_total", 1, 3) and top_ops(real, "self_device_time_total", 1, 3) == []
+
+
+def test_the_malloc_setting_is_made_where_a_process_starts_not_by_the_library(monkeypatch, tmp_path, fashion_mnist):
+    from bn_lenet import api, cli, process
+    calls = []
+    monkeypatch.setattr(process, "keep_freed_memory", lambda device="cpu": calls.append(device))
+    quick = ["train.epochs=1", "train.limit_batches=2", "train.batch_size=64", "train.device=cpu"]
+    api.train_lenet("configs/scratch_bn.toml", quick, out=tmp_path / "api", data=fashion_mnist, progress=False)
+    assert calls == []  # a notebook's process is left as it was
+    sets = [a for q in quick for a in ("--set", q)]
+    assert cli.main(["run", "configs/scratch_bn.toml", *sets, "--out", str(tmp_path / "cli"), "--quiet"]) == 0
+    assert calls == ["cpu"]  # `bn-lenet run` trains in its own process: it sets it
