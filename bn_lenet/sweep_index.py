@@ -96,7 +96,7 @@ def update_readme(readme: Path, root: Path, study_rows: list) -> bool:
         return False
     head, _, rest = text.partition(BEGIN)
     _, _, tail = rest.partition(END)
-    items = [f"- [{r['question']}]({root.as_posix()}/{r['report']}): {r['answer']}." for r in study_rows]
+    items = [f"- [{r['question']}]({root.as_posix()}/{r['report']}): {r['answer'].rstrip('.')}." for r in study_rows]
     write_atomic(readme, head + BEGIN + "\n" + "\n".join(items) + "\n" + END + tail)
     return True
 
