@@ -116,8 +116,10 @@ def paired_line(diffs: list, digits: int = 3) -> str:
 
 def gain_share(part: list, none: list, full: list) -> float:
     """How much of the full treatment's gain over none the partial one recovers: (part - none) / (full - none),
-    on means; nan when full does not beat none."""
-    if not (part and none and full) or mean(full) <= mean(none):
+    on means; nan when full does not beat none beyond seed noise (a share of a gain the seeds cannot tell from
+    zero would be a ratio of noise: hundreds of percent either way)."""
+    if not (part and none and full) or mean(full) <= mean(none) or (len(full) >= 2 and len(none) >= 2
+                                                                     and not beyond_noise(full, none)):
         return math.nan
     return (mean(part) - mean(none)) / (mean(full) - mean(none))
 
