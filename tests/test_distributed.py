@@ -26,6 +26,7 @@ from bn_lenet.distributed import Job, prepare_model, share
 from bn_lenet.model import lenet
 from bn_lenet.sync_batchnorm import synced_batch_norm
 from bn_lenet.train import evaluate, precise_test_acc, reestimate_bn, train_step
+from helpers import child_script  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "scratch_bn.toml"
@@ -34,18 +35,7 @@ CONFIG = ROOT / "configs" / "scratch_bn.toml"
 QUICK = ["train.epochs=2", "train.limit_batches=3", "train.batch_size=64", "train.threads=1", "train.lr=0.1",
          "eval.precise_bn=true", "eval.precise_bn_batches=3"]
 TEST_IMAGES = 500
-CHILD = f"""
-import sys
-from bn_lenet import data
-from bn_lenet.cli import main
-full = data.load_dataset
-def small(root=None):
-    d = full(root)
-    n = {TEST_IMAGES}
-    return data.FashionMNIST(d.train_images, d.train_labels, d.test_images[:n], d.test_labels[:n], d.source)
-data.load_dataset = small
-sys.exit(main(sys.argv[1:]))
-"""
+CHILD = child_script(TEST_IMAGES)
 TOL = 1e-5
 
 

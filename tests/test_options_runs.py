@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+from helpers import small_test_set
 import torch
 
 from bn_lenet import config, plots, runs
@@ -25,9 +26,7 @@ def quiet(*_args, **_kwargs):
 
 @pytest.fixture(scope="module")
 def small_data(fashion_mnist):
-    d = fashion_mnist
-    return FashionMNIST(d.train_images, d.train_labels, d.test_images[:TEST_IMAGES], d.test_labels[:TEST_IMAGES],
-                        d.source)
+    return small_test_set(fashion_mnist, TEST_IMAGES)
 
 
 @pytest.fixture(scope="module", autouse=True)

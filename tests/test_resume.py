@@ -23,6 +23,7 @@ import torch
 from bn_lenet import config, plots, runs
 from bn_lenet.cli import main
 from bn_lenet.data import FashionMNIST
+from helpers import child_script  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "scratch_bn.toml"
@@ -34,18 +35,7 @@ TEST_IMAGES = 500
 TIMING = ("examples_per_sec", "seconds")  # wall-clock fields: the only ones allowed to differ
 
 # A child process runs the CLI's main() on the same smaller test set.
-CHILD = f"""
-import sys
-from bn_lenet import data
-from bn_lenet.cli import main
-full = data.load_dataset
-def small(root=None):
-    d = full(root)
-    n = {TEST_IMAGES}
-    return data.FashionMNIST(d.train_images, d.train_labels, d.test_images[:n], d.test_labels[:n], d.source)
-data.load_dataset = small
-sys.exit(main(sys.argv[1:]))
-"""
+CHILD = child_script(TEST_IMAGES)
 
 
 def quiet(*_args, **_kwargs):

@@ -23,6 +23,7 @@ from tensorboard.util import tensor_util  # noqa: E402
 
 from bn_lenet import config, plots, runs, tb_log  # noqa: E402
 from bn_lenet.data import FashionMNIST  # noqa: E402
+from helpers import child_script, small_test_set  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "scratch_bn.toml"
@@ -32,18 +33,7 @@ TEST_IMAGES = 500
 BN_CHANNELS = {"conv1.bn": 6, "conv2.bn": 16, "fc1.bn": 120, "fc2.bn": 84}
 BN_TENSORS = ("gamma", "beta", "moving_mean", "moving_var")
 
-CHILD = f"""
-import sys
-from bn_lenet import data
-from bn_lenet.cli import main
-full = data.load_dataset
-def small(root=None):
-    d = full(root)
-    n = {TEST_IMAGES}
-    return data.FashionMNIST(d.train_images, d.train_labels, d.test_images[:n], d.test_labels[:n], d.source)
-data.load_dataset = small
-sys.exit(main(sys.argv[1:]))
-"""
+CHILD = child_script(TEST_IMAGES)
 
 
 def read(tb_dir) -> EventAccumulator:
@@ -58,9 +48,7 @@ def steps(ea, tag, kind="Scalars"):
 
 @pytest.fixture(scope="module")
 def small_data(fashion_mnist):
-    d = fashion_mnist
-    return FashionMNIST(d.train_images, d.train_labels, d.test_images[:TEST_IMAGES], d.test_labels[:TEST_IMAGES],
-                        d.source)
+    return small_test_set(fashion_mnist, TEST_IMAGES)
 
 
 @pytest.fixture(scope="module", autouse=True)
