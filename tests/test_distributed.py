@@ -26,7 +26,7 @@ from bn_lenet.distributed import Job, prepare_model, share
 from bn_lenet.model import lenet
 from bn_lenet.sync_batchnorm import synced_batch_norm
 from bn_lenet.train import evaluate, precise_test_acc, reestimate_bn, train_step
-from helpers import child_script  # noqa: E402
+from helpers import child_script, small_test_set  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "scratch_bn.toml"
@@ -90,9 +90,7 @@ def max_diff(a: dict, b: dict) -> float:
 
 @pytest.fixture(scope="module")
 def small_data(fashion_mnist):
-    d = fashion_mnist
-    return FashionMNIST(d.train_images, d.train_labels, d.test_images[:TEST_IMAGES], d.test_labels[:TEST_IMAGES],
-                        d.source)
+    return small_test_set(fashion_mnist, TEST_IMAGES)
 
 
 # --- the synced layer -----------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ import torch
 from bn_lenet import config, plots, runs
 from bn_lenet.cli import main
 from bn_lenet.data import FashionMNIST
-from helpers import child_script  # noqa: E402
+from helpers import child_script, small_test_set  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "scratch_bn.toml"
@@ -67,9 +67,7 @@ def assert_identical(run_dir: Path, reference: Path):
 
 @pytest.fixture(scope="module")
 def small_data(fashion_mnist):
-    d = fashion_mnist
-    return FashionMNIST(d.train_images, d.train_labels, d.test_images[:TEST_IMAGES], d.test_labels[:TEST_IMAGES],
-                        d.source)
+    return small_test_set(fashion_mnist, TEST_IMAGES)
 
 
 @pytest.fixture(scope="module", autouse=True)
