@@ -9,7 +9,9 @@ with and without BN.
             (vanishing gradients).
 
 "Does the accuracy gain follow the gradient change": for each (activation, lr), BN's change of the ratio
-(with / without) and of the final test accuracy (with - without) are compared in direction.
+(with / without) and of the final test accuracy (with - without) are compared in direction, where the accuracy
+change is beyond seed noise (answers_common.beyond_noise: the seeds' ranges do not overlap); a change within the
+noise is named as such and counts neither way.
 """
 
 import json
@@ -17,6 +19,7 @@ import math
 import statistics
 from pathlib import Path
 
+from .answers_common import beyond_noise
 from .stats import describe, final_values, finished
 
 NAME = "gradients"
@@ -49,7 +52,8 @@ def point_grads(point: dict) -> dict:
                 out.append(first / last)
         return describe(out)
     return {"layers": layers, "per_run": per_run, "ratio_first": ratios(0) if layers else {"n": 0},
-            "ratio_last": ratios(-1) if layers else {"n": 0}, "acc": describe(final_values(point["runs"], "test_acc"))}
+            "ratio_last": ratios(-1) if layers else {"n": 0}, "acc_values": final_values(point["runs"], "test_acc"),
+            "acc": describe(final_values(point["runs"], "test_acc"))}
 
 
 def label(point: dict) -> str:
@@ -85,13 +89,19 @@ def comparison(none: dict, bn: dict, grads: dict) -> dict:
             out[when] = g1[when]["mean"] / g0[when]["mean"]
     if g0["acc"].get("n") and g1["acc"].get("n"):
         out["gain"] = g1["acc"]["mean"] - g0["acc"]["mean"]
+        out["beyond_noise"] = beyond_noise(g0["acc_values"], g1["acc_values"])
+    done = finished(none["runs"])
+    out["none_stuck"] = bool(done) and all(r.get("stuck") for r in done)  # no BN at chance: its gradients died
     return out
 
 
 def follows(c: dict):
-    """True when the accuracy moves the way the ratio does (both up or both down), None when unknown."""
+    """True when the accuracy moves the way the ratio does (both up or both down), False when against it,
+    "noise" when the accuracy change is within seed noise (it then says nothing either way), None when unknown."""
     if "ratio_first" not in c or "gain" not in c:
         return None
+    if not c["beyond_noise"]:
+        return "noise"
     return (c["ratio_first"] > 1) == (c["gain"] > 0)
 
 
@@ -125,14 +135,10 @@ def answer(sweep: dict) -> list:
             verdicts.append((act, lr, f, c))
     headline = [f"With sigmoid at lr {lr:g}, BN {'raises' if c['ratio_first'] > 1 else 'lowers'} the first/last "
                 f"gradient ratio at epoch 1 {c['ratio_first']:.3g}x and changes the final test accuracy by "
-                f"{c['gain']:+.3f}." for a, lr, _, c in verdicts if a == "sigmoid"]
+                f"{c['gain']:+.3f}{' (within seed noise)' if f == 'noise' else ''}." for a, lr, f, c in verdicts
+                if a == "sigmoid"]
     if verdicts:
-        agree = [v for v in verdicts if v[2]]
-        headline.append(f"**The accuracy gain follows the gradient change in {len(agree)} of {len(verdicts)} "
-                        "(activation, lr) pairs** (BN raising the epoch-1 ratio and the accuracy, or lowering both)"
-                        + (": " + "; ".join(f"not at {a} lr {lr:g} (ratio x{c['ratio_first']:.3g}, accuracy "
-                                            f"{c['gain']:+.3f})" for a, lr, ok, c in verdicts if not ok)
-                           if len(agree) < len(verdicts) else "") + ".")
+        headline.append(follow_sentence(verdicts))
     lines += [" ".join(headline), "", *details, ""]
     lines += meaning(points, grads, verdicts)
     lines += ratio_table(points, grads) + layer_table(points, grads, layers)
@@ -141,6 +147,22 @@ def answer(sweep: dict) -> list:
                   "Weight-gradient norm per layer (one panel each, log y) over epochs, one line per point: mean over "
                   "the finished seeds, band min..max.", ""]
     return lines
+
+
+def follow_sentence(verdicts: list) -> str:
+    """Where the accuracy change is beyond seed noise, does it go the way the ratio does? Names the exceptions."""
+    clear = [v for v in verdicts if v[2] != "noise"]
+    agree = [v for v in clear if v[2] is True]
+    noisy = [f"{a} lr {lr:g} ({c['gain']:+.3f})" for a, lr, f, c in verdicts if f == "noise"]
+    against = [f"{a} lr {lr:g} (ratio x{c['ratio_first']:.3g}, accuracy {c['gain']:+.3f}"
+               f"{'; without BN every seed is stuck at chance' if c.get('none_stuck') else ''})"
+               for a, lr, f, c in clear if f is False]
+    text = (f"**The accuracy gain follows the gradient change in {len(agree)} of the {len(clear)} (activation, lr) "
+            f"pairs where BN changes the final test accuracy beyond seed noise** (BN raising the epoch-1 ratio and "
+            f"the accuracy, or lowering both)")
+    text += ("; not at " + "; ".join(against)) if against else ""
+    text += ("; the accuracy change is within seed noise at " + ", ".join(noisy)) if noisy else ""
+    return text + "."
 
 
 def meaning(points: list, grads: dict, verdicts: list) -> list:
@@ -155,6 +177,7 @@ def meaning(points: list, grads: dict, verdicts: list) -> list:
         said.append(f"Without BN the sigmoid network's epoch-1 ratio is {s:.3g} against {r:.3g} with ReLU (mean over "
                     "the lrs): " + ("the sigmoid starves its first layer more." if s < r else
                                     "the sigmoid does not starve its first layer more than ReLU."))
+    verdicts = [v for v in verdicts if v[2] != "noise"]
     if verdicts:
         if all(v[2] for v in verdicts):
             said.append("Here the claim holds in direction: where BN gives the first layer more gradient, it also "
@@ -226,19 +249,22 @@ def draw(points: list, grads: dict, layers: list, out) -> bool:
 
 
 def one_line(sweep: dict) -> str:
+    """The sigmoid pairs (the claim is about sigmoid) and the follow count over every pair."""
     points = sweep["points"]
     grads = {p["id"]: point_grads(p) for p in points}
-    parts = []
-    verdicts = []
+    parts, verdicts = [], []
     for act, lr, none, bn in pairs(points, grads):
         c = comparison(none, bn, grads)
         if "ratio_first" in c and "gain" in c:
-            parts.append(f"{act} lr {lr:g}: first/last gradient ratio at epoch 1 "
-                         f"{grads[none['id']]['ratio_first']['mean']:.3g} without BN vs "
-                         f"{grads[bn['id']]['ratio_first']['mean']:.3g} with, accuracy {c['gain']:+.3f}")
             verdicts.append(follows(c))
-    if not parts:
+            if act == "sigmoid":
+                parts.append(f"sigmoid lr {lr:g}: BN lifts the epoch-1 first/last gradient ratio "
+                             f"{c['ratio_first']:.3g}x, test acc {c['gain']:+.3f}"
+                             + (" (within noise)" if verdicts[-1] == "noise" else ""))
+    if not verdicts:
         return "no finished run with gradient norms yet"
+    clear = [v for v in verdicts if v != "noise"]
     not_done = sum(r["status"] not in ("finished", "diverged") for r in sweep["runs"])
-    return ("; ".join(parts) + f". The accuracy gain follows the gradient change in {sum(verdicts)} of "
-            f"{len(verdicts)} cases." + (f" (provisional: {not_done} runs not done)" if not_done else ""))
+    return ("; ".join(parts) + f". The accuracy gain follows the gradient change in {sum(v is True for v in clear)} "
+            f"of the {len(clear)} cases beyond seed noise." + (f" (provisional: {not_done} runs not done)"
+                                                              if not_done else ""))
