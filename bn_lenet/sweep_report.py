@@ -142,7 +142,8 @@ def figures(sweep: dict) -> list:
         made.append(("curves.png", "Per-epoch figures per point: mean over the finished seeds, band min..max."))
     for key in sweep["keys"]:
         values = [p["values"][key] for p in sweep["points"] if key in p["values"]]
-        if len(set(values)) < 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        # only a numeric key gets an x axis (a list-valued key, e.g. model.norm_layers, is not hashable either)
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values) or len(set(values)) < 2:
             continue
         log_x = min(values) > 0 and max(values) / min(values) >= 100
         leaf = key.rpartition(".")[2]

@@ -97,6 +97,15 @@ def test_layers_says_when_no_part_matches_all_four(tmp_path):
     assert "No single part carries the whole gain" in text and "conv1, recovers 56%" in text
 
 
+def test_a_list_valued_key_writes_its_whole_report(tmp_path):
+    """model.norm_layers' values are lists: the report skips the numeric x-axis figure for it instead of failing."""
+    spec, out, planned = make_sweep(tmp_path, "layers", [
+        ({"model.norm_layers": []}, runs([0.80, 0.79, 0.81])),
+        ({"model.norm_layers": list(LAYERS)}, runs([0.88, 0.89, 0.87]))])
+    report = write_report(spec, out, planned, {})
+    assert "## Answer" in report.read_text() and not list(out.glob("*_vs_norm_layers.png"))
+
+
 # --- placement ------------------------------------------------------------------------------------------
 
 def test_placement_answers_per_activation_and_tells_diverged_from_stuck(tmp_path):
