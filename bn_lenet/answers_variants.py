@@ -32,29 +32,60 @@ def _layers_parts(sweep):
     return all_four, none, partial
 
 
+def loss_share(part: list, none: list, full: list) -> float:
+    """gain_share on the training loss (lower is better)."""
+    return gain_share([-v for v in part], [-v for v in none], [-v for v in full])
+
+
+def side(a: list, b: list, name_b: str) -> str:
+    """'above no layer beyond seed noise' / 'below ...' / 'within seed noise of no layer' (test accuracy)."""
+    if not beyond_noise(a, b):
+        return f"within seed noise of {name_b}"
+    return f"{'above' if mean(a) > mean(b) else 'below'} {name_b} beyond seed noise"
+
+
 def layers(sweep: dict) -> list:
     all_four, none, partial = _layers_parts(sweep)
     label = {p["id"]: layers_label(p["values"].get("model.norm_layers", [])) for p in sweep["points"]}
     lines = ["## Answer", ""]
     full, bare = finals(all_four), finals(none)
+    full_loss, bare_loss = finals(all_four, "loss"), finals(none, "loss")
     lines.append(f"Final test accuracy with BN in all four layers {ms(full)}{status_note(all_four)}, in no layer "
-                 f"{ms(bare)}{status_note(none)}: {diff_line('all four', full, 'no layer', bare)}.")
+                 f"{ms(bare)}{status_note(none)}: {diff_line('all four', full, 'no layer', bare)}. Final training "
+                 f"loss: {diff_line('all four', full_loss, 'no layer', bare_loss, metric='loss')}.")
     shares = []
     for p in partial:
         share_final = gain_share(finals(p), bare, full)
         share_1 = gain_share(at_epoch(p, 1), at_epoch(none, 1), at_epoch(all_four, 1))
-        shares.append((share_final, p))
-        lines.append(f"- {label[p['id']]}: {ms(finals(p))}{status_note(p)}, {pct(share_final)} of the all-four gain at "
-                     f"the end and {pct(share_1)} after epoch 1; {diff_line(label[p['id']], finals(p), 'all four', full)}.")
+        share_loss = loss_share(finals(p, "loss"), bare_loss, full_loss)
+        shares.append((share_final, share_loss, p))
+        lines.append(f"- {label[p['id']]}: test acc {ms(finals(p))}{status_note(p)}, {pct(share_final)} of the "
+                     f"all-four gain at the end and {pct(share_1)} after epoch 1, {side(finals(p), bare, 'no layer')}; "
+                     f"training loss {ms(finals(p, 'loss'))}, {pct(share_loss)} of the all-four loss reduction.")
     lines.append("")
-    scored = [(s, p) for s, p in shares if s == s]
+    scored = [(s, p) for s, _, p in shares if s == s]
     lines += ["### What it means for you", ""]
     if not full or not bare:
         lines += ["Not enough finished runs to say yet.", ""]
     elif not beyond_noise(full, bare):
-        lines += ["BN in every layer does not beat no BN in final test accuracy beyond seed noise here, so no layer "
-                  "carries a gain in it; the chapter's claim that BN helps does not show in the final test accuracy "
-                  "(look at the early epochs below)." + loss_note(all_four, none, "all four", "no layer"), ""]
+        said = ["BN in every layer does not beat no BN in final test accuracy beyond seed noise here (the test "
+                "accuracy with the moving statistics swings from epoch to epoch; see the test_stats study), so the "
+                "final test accuracy cannot say which layers carry BN's gain."]
+        by_loss = sorted([(sl, p) for _, sl, p in shares if sl == sl], key=lambda sp: -sp[0])
+        if by_loss:
+            said.append(f"The final training loss can: BN in all four layers takes it from {mean(bare_loss):.3f} to "
+                        f"{mean(full_loss):.3f}, and of that reduction " + ", ".join(
+                            f"{label[p['id']]} alone recovers {pct(sl)}" for sl, p in by_loss) + ".")
+        best = max(sweep["points"], key=lambda p: mean(finals(p)) if finals(p) else -1.0)
+        if finals(best):
+            said.append(f"The best final test accuracy is {label[best['id']]}'s, {ms(finals(best))}, "
+                        f"{side(finals(best), bare, 'no layer')}.")
+        worse = [label[p["id"]] for p in partial if finals(p) and beyond_noise(finals(p), bare)
+                 and mean(finals(p)) < mean(bare)]
+        if worse:
+            said.append(f"{' and '.join(worse)} ends below no BN at all, beyond seed noise: BN there lowers the "
+                        f"training loss but not the test accuracy with the moving statistics.")
+        lines += [" ".join(said), ""]
     elif scored:
         best_share, best = max(scored, key=lambda sp: sp[0])
         name = label[best["id"]]
@@ -75,9 +106,18 @@ def layers(sweep: dict) -> list:
 def layers_one_line(sweep: dict) -> str:
     all_four, none, partial = _layers_parts(sweep)
     full, bare = finals(all_four), finals(none)
-    best = max(partial, key=lambda p: gain_share(finals(p), bare, full), default=None)
-    if not full or not bare or best is None:
+    if not full or not bare or not partial:
         return "not enough finished runs yet"
+    if len(full) >= 2 and len(bare) >= 2 and not beyond_noise(full, bare):
+        full_loss, bare_loss = finals(all_four, "loss"), finals(none, "loss")
+        best = max(partial, key=lambda p: loss_share(finals(p, "loss"), bare_loss, full_loss))
+        top = max(sweep["points"], key=lambda p: mean(finals(p)) if finals(p) else -1.0)
+        return (f"test acc within seed noise with BN in all four layers ({mean(full):.3f}) and in none "
+                f"({mean(bare):.3f}); in training loss ({mean(bare_loss):.3f} -> {mean(full_loss):.3f}) "
+                f"{layers_label(best['values']['model.norm_layers'])} alone recovers "
+                f"{pct(loss_share(finals(best, 'loss'), bare_loss, full_loss))}; best test acc "
+                f"{layers_label(top['values']['model.norm_layers'])}, {ms(finals(top))}")
+    best = max(partial, key=lambda p: gain_share(finals(p), bare, full))
     name = layers_label(best["values"]["model.norm_layers"])
     return (f"test acc {mean(full):.3f} with BN in all four layers vs {mean(bare):.3f} in none; {name} alone recovers "
             f"{pct(gain_share(finals(best), bare, full))} of the gain ({mean(finals(best)):.3f})")

@@ -82,11 +82,28 @@ def test_layers_names_the_part_that_carries_the_gain_and_reports_the_early_epoch
     assert text.startswith("## Answer")
     assert "conv1 + conv2 alone carries the gain" in text
     # conv only: (0.88 - 0.80) / (0.88 - 0.80) = 100%; fc only: (0.82 - 0.80) / 0.08 = 25%
-    assert "conv1 + conv2: 0.880 ± 0.005 (n=3), 100% of the all-four gain" in text
-    assert "fc1 + fc2: 0.820 ± 0.010 (n=3), 25% of the all-four gain" in text
+    assert "conv1 + conv2: test acc 0.880 ± 0.005 (n=3), 100% of the all-four gain" in text
+    assert "fc1 + fc2: test acc 0.820 ± 0.010 (n=3), 25% of the all-four gain" in text
     for epoch in (1, 2, 5):
         assert f"test acc after epoch {epoch}" in text
     assert "conv1 + conv2 alone recovers 100%" in line and "0.880" in line
+
+
+def test_layers_when_test_acc_cannot_tell_the_training_loss_names_the_layers(tmp_path):
+    """All four vs none overlap in test accuracy (one seed of all four swings low), but the training loss
+    separates them: 0.50 -> 0.25; fc only gets to 0.27 (92% of the reduction), conv only to 0.36 (56%)."""
+    def losses(final_acc, final_loss):
+        return {s: {"acc": curve(a), "loss": [1.0, 0.8, 0.6, 0.5, final_loss]} for s, a in zip(SEEDS, final_acc)}
+    text, line, _ = answer(tmp_path, "layers", [
+        ({"model.norm_layers": []}, losses([0.79, 0.80, 0.81], 0.50)),
+        ({"model.norm_layers": ["conv1", "conv2"]}, losses([0.83, 0.84, 0.85], 0.36)),
+        ({"model.norm_layers": ["fc1", "fc2"]}, losses([0.69, 0.70, 0.71], 0.27)),
+        ({"model.norm_layers": list(LAYERS)}, losses([0.72, 0.80, 0.88], 0.25))])
+    assert "within seed noise (the seeds' ranges overlap)" in text.split("\n")[2]
+    assert "of that reduction fc1 + fc2 alone recovers 92%, conv1 + conv2 alone recovers 56%" in text
+    assert "The best final test accuracy is conv1 + conv2's, 0.840 ± 0.010 (n=3), above no layer beyond seed noise" in text
+    assert "fc1 + fc2 ends below no BN at all, beyond seed noise" in text
+    assert "fc1 + fc2 alone recovers 92%" in line and "best test acc conv1 + conv2" in line
 
 
 def test_layers_says_when_no_part_matches_all_four(tmp_path):
