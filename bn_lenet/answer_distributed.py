@@ -87,7 +87,7 @@ def answer(sweep: dict) -> list:
             lines.append(f"- **Local against synced BN, {n} processes{per}:** "
                          f"{diff_line('local', finals(local), 'synced', finals(synced))}. Seed by seed, local "
                          f"minus synced: {paired_line(paired(by_seed(local), by_seed(synced)))}."
-                         f"{loss_note(local, synced, 'local', 'synced')}{status_note(local)}{status_note(synced)}")
+                         f"{loss_note(local, synced, 'local', 'synced')}{notes({'local': local, 'synced': synced})}")
         if synced and one:
             acc = paired(by_seed(synced), by_seed(one))
             loss = paired(by_seed(synced, metric="loss"), by_seed(one, metric="loss"))
@@ -101,6 +101,21 @@ def answer(sweep: dict) -> list:
                          f"- **{n} synced processes against 1 process:** no seed finished on both sides yet.")
     lines += ["", throughput_line(sweep, points), "", *table(points), ""]
     return lines
+
+
+def notes(points: dict) -> str:
+    """' Not every run is sound: local (1 of 3 runs diverged ...).' or ''."""
+    said = [f"{name}{status_note(p)}" for name, p in points.items() if status_note(p)]
+    return f" Not every run is sound: {'; '.join(said)}." if said else ""
+
+
+def threads(point: dict) -> str:
+    """' (2 threads per process)': the torch threads of the point's runs (meta.json), where they agree."""
+    found = {r["meta"].get("threads") for r in finished(point["runs"]) if r.get("meta")}
+    if len(found) != 1 or None in found:
+        return ""
+    n = found.pop()
+    return f" ({n} {'thread' if n == 1 else 'threads'} per process)"
 
 
 def same_or_not(acc: list, loss: list, gap: list) -> str:
@@ -119,11 +134,10 @@ def throughput_line(sweep: dict, points: dict) -> str:
         s = speeds(points[k])
         if s:
             ratio = f", {mean(s) / base:.2f}x 1 process" if k != (1, True) and not math.isnan(base) else ""
-            parts.append(f"{label(k)} {ms(s, 0)}{ratio}")
+            parts.append(f"{label(k)}{threads(points[k])} {ms(s, 0)}{ratio}")
     n_cores = cores(sweep)
     where = f"{n_cores} CPU cores" if n_cores else "the machine's CPU cores"
-    note = (f" These runs had {where}, one thread per process: a job of more processes than cores only adds "
-            f"waiting, never speed." if n_cores else f" On {where}, more processes than cores only adds waiting.")
+    note = f" These runs had {where}: processes beyond the cores can only wait for one, never add speed."
     return ("**Examples per second of the whole job** (all examples over the slowest process's step time, mean ± "
             "std over seeds): " + ("; ".join(parts) if parts else "no run finished yet") + "." + note)
 

@@ -224,7 +224,8 @@ def add_sweep_arguments(p, spec: bool) -> None:
                    help="a fixed override for every run, e.g. --set train.epochs=1 (repeatable)")
     p.add_argument("--out", help="the sweep's folder (default: results/sweeps/<spec name>)")
     p.add_argument("--jobs", type=int, help="worker processes (default: one per core, at most one per run; 1 on a "
-                   "GPU); torch threads per run = cores // jobs")
+                   "GPU; cores // train.processes for runs of several processes); torch threads per run = cores // "
+                   "jobs")
     p.add_argument("--executor", choices=("local", "ray"), default="local",
                    help="local worker processes, or Ray tasks (pip install 'bn-lenet[ray]')")
     p.add_argument("--ray-address", help="HOST:PORT of a running Ray cluster (default: start a local instance)")

@@ -117,7 +117,8 @@ def test_the_answer_gives_the_jobs_examples_per_second_and_the_cores(spec, swept
     for point, name in zip(POINTS, ("1 process", "2 processes, synced BN", "2 processes, local BN")):
         runs_ = next(p for p in sweep["points"] if p["id"] == point)["runs"]
         speeds = [examples_per_sec(r["rows"]) for r in runs_]
-        assert re.search(rf"{re.escape(name)} {mean(speeds):.0f} ± \d+ \(n=2\)", text), (name, text)
+        assert re.search(rf"{re.escape(name)} \(1 thread per process\) {mean(speeds):.0f} ± \d+ \(n=2\)", text), \
+            (name, text)
     assert f"These runs had {len(os.sched_getaffinity(0))} CPU cores" in text
     line = answer_distributed.one_line(sweep)
     assert line.startswith("final test acc: local minus synced BN at 2 processes") and "examples/s" in line
