@@ -88,7 +88,8 @@ def test_a_rerun_trains_nothing(spec, swept, capsys):
 
 
 def test_the_answer_is_registered_and_in_the_report(swept):
-    assert ANSWERS["distributed"] is answer_distributed.answer and ONE_LINE["distributed"] is answer_distributed.one_line
+    assert ANSWERS["distributed"] is answer_distributed.answer
+    assert ONE_LINE["distributed"] is answer_distributed.one_line
     report = (swept / "report.md").read_text()
     assert "Local against synced BN, 2 processes (32 examples per process of the global batch of 64)" in report
 
