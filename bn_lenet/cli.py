@@ -75,7 +75,7 @@ def cmd_run(args) -> int:
 
 
 def _run(args, job) -> int:
-    from . import config, process, runs
+    from . import config, distributed, launch, process, runs
     progress = not args.quiet and sys.stderr.isatty() and job.is_main
     to_stderr = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     with job.together():  # a bad command line or config stops every process of a job with the same error
@@ -97,13 +97,14 @@ def _run(args, job) -> int:
     # This process trains: on CPU, glibc keeps the memory each step frees (process-wide: ~1,000 fewer page
     # faults per step, the same numbers; bn_lenet/process.py).
     process.keep_freed_memory(cfg.train.device)
+    launched = job is distributed.SINGLE and launch.wanted(cfg)  # train.processes > 1: a torchrun job (launch.py)
     if args.resume:
         meta = runs.train_run(cfg, out=args.resume, progress=progress, resume=True, log_error=to_stderr, job=job)
     else:
         meta = runs.train_run(cfg, out=args.out, name=Path(args.config).stem, progress=progress,
                               log_error=to_stderr, job=job)
     code = {"finished": 0, "interrupted": 130}.get(meta["status"], 1)
-    if job.is_main:
+    if job.is_main and not launched:  # (launched: the job's rank 0 printed them)
         for line in runs.summary_lines(meta["run_dir"]):
             print(line)
         print(f"run directory: {meta['run_dir']} ({meta['status']})", flush=True)
@@ -223,7 +224,8 @@ def add_sweep_arguments(p, spec: bool) -> None:
                    help="a fixed override for every run, e.g. --set train.epochs=1 (repeatable)")
     p.add_argument("--out", help="the sweep's folder (default: results/sweeps/<spec name>)")
     p.add_argument("--jobs", type=int, help="worker processes (default: one per core, at most one per run; 1 on a "
-                   "GPU); torch threads per run = cores // jobs")
+                   "GPU; cores // train.processes for runs of several processes); torch threads per run = cores // "
+                   "jobs")
     p.add_argument("--executor", choices=("local", "ray"), default="local",
                    help="local worker processes, or Ray tasks (pip install 'bn-lenet[ray]')")
     p.add_argument("--ray-address", help="HOST:PORT of a running Ray cluster (default: start a local instance)")

@@ -65,7 +65,9 @@ class TrainConfig:
                                    # full-size batches (graph_step.py); ignored on CPU. Off: never run on a GPU here
     precision: str = "fp32"        # "fp32" (true IEEE fp32, TF32 off on a GPU) | "tf32" (fp32, with TF32 tensor-core
                                    # math for convs/matmuls on a GPU; fp32 on CPU) | "bf16" (autocast; BN stats fp32)
-    threads: int = 0               # CPU threads for torch; 0 = torch's default
+    threads: int = 0               # CPU threads for torch; 0 = torch's default (processes > 1: 0 = 1 per process)
+    processes: int = 1             # data-parallel processes: > 1 launches the run as a torchrun job of that many
+                                   # (bn_lenet/launch.py); 1 = one process, or whatever torchrun gives it
 
 
 @dataclass
@@ -136,6 +138,7 @@ def validate(cfg: Config) -> Config:
         ("train.lr_schedule", t.lr_schedule in LR_SCHEDULES, '"constant", "cosine" or "step"'),
         ("train.precision", t.precision in PRECISIONS, '"fp32", "tf32" or "bf16"'),
         ("train.threads", t.threads >= 0, ">= 0 (0 = torch's default)"),
+        ("train.processes", t.processes >= 1, ">= 1 (1 = one process)"),
         ("eval.batch_size", e.batch_size >= 1, ">= 1"),
         ("eval.precise_bn_batches", e.precise_bn_batches >= 0, ">= 0 (0 = the whole training set)"),
     ]
@@ -154,8 +157,39 @@ def validate(cfg: Config) -> Config:
         # has been verified on a GPU (then allow it and say where).
         raise ConfigError("train.compile = true together with train.cuda_graph = true has not been verified on a "
                           "GPU in this project; set one of them to false")
+    if t.processes > 1:
+        check_processes(cfg)
     options.check(cfg, Config())  # model and BN options: ranges, and what the chosen norm can honor
     return cfg
+
+
+def check_processes(cfg: Config, cuda: bool | None = None) -> None:
+    """What a job of train.processes > 1 cannot do, refused before anything is launched (the torchrun job
+    checks them again, with the data, in distributed.check). ``cuda``: whether a GPU is visible, to settle
+    train.device = "auto" (None: not known here, only an explicit "cpu" is known to be the CPU)."""
+    t, n = cfg.train, cfg.train.processes
+    for key, on in (("train.compile", t.compile), ("train.cuda_graph", t.cuda_graph)):
+        if on:
+            raise ConfigError(f"{key} = true cannot be used with train.processes = {n} (DDP's and synced BN's "
+                              f"collectives are outside the compiled step); set {key}=false or train.processes=1")
+    if t.device.startswith("cuda:"):
+        raise ConfigError(f"train.device = {t.device!r} with train.processes = {n}: each process uses the GPU of "
+                          f"its local rank; use train.device=cuda (or auto)")
+    batch_stats = cfg.model.norm in options.BATCH_NORMS and cfg.model.norm_layers
+    if not batch_stats and not cfg.bn.sync:
+        raise ConfigError(f"bn.sync = false has no effect: model.norm = {cfg.model.norm} has no batch statistics "
+                          f"(nothing to sync); drop it")
+    on_cpu = t.device == "cpu" or (t.device == "auto" and cuda is False)
+    if cfg.model.norm == "torch" and cfg.bn.sync and on_cpu:
+        raise ConfigError(f"model.norm = torch with bn.sync = true and train.processes = {n} needs CUDA: "
+                          f"nn.SyncBatchNorm only runs on GPUs (NCCL). On CPU use model.norm=scratch (our BN syncs "
+                          f"over gloo too) or bn.sync=false")
+    need = 2 if batch_stats and not cfg.bn.sync else 1  # local BN normalizes each slice: 2 values per channel
+    if t.batch_size // n < need:
+        raise ConfigError(f"train.batch_size = {t.batch_size} over train.processes = {n} leaves a process "
+                          f"{t.batch_size // n} example(s) of a batch; each needs at least {need}"
+                          f"{' (local BN, bn.sync=false)' if need == 2 else ''}: use a larger train.batch_size or "
+                          f"fewer processes")
 
 
 def from_dict(d: dict, where: str = "config") -> Config:

@@ -263,6 +263,10 @@ def check(cfg, job: Job, device: torch.device, train_examples: int) -> None:
     from .data import num_batches
     from .options import BATCH_NORMS
     t, b = cfg.train, cfg.bn
+    if t.processes > 1 and t.processes != job.world:
+        raise ConfigError(f"train.processes = {t.processes} but this torchrun job has {job.world} processes: "
+                          f"give torchrun --nproc-per-node {t.processes}, or leave train.processes at 1 (then "
+                          f"a torchrun job takes the processes torchrun gives it)")
     bn = cfg.model.norm in BATCH_NORMS and cfg.model.norm_layers  # batch statistics to sync or not
     if not bn and not b.sync:
         raise ConfigError(f"bn.sync = false has no effect: model.norm = {cfg.model.norm} has no batch statistics "
@@ -339,9 +343,9 @@ def check_resume(meta: dict, job: Job, run_dir) -> None:
                         f"with the same number ({how})")
 
 
-def resume_command(job: Job) -> str:
-    if not job.distributed:
-        return "bn-lenet run --resume"
+def resume_command(job: Job, cfg=None) -> str:
+    if not job.distributed or (cfg is not None and cfg.train.processes == job.world):
+        return "bn-lenet run --resume"  # with train.processes, bn-lenet run launches the job again
     per_node = int(os.environ.get("LOCAL_WORLD_SIZE", job.world))
     nodes = f"--nnodes {job.world // per_node} ... " if per_node != job.world else ""
     return f"torchrun {nodes}--nproc-per-node {per_node} -m bn_lenet run --resume"

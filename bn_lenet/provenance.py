@@ -1,5 +1,6 @@
 """Where a result comes from: hardware, versions, commit (recorded in every run's meta.json)."""
 
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -24,6 +25,14 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_cores() -> int:
+    """The cores this process may run on (what a study's speeds were measured with)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 def git_commit() -> str:
     try:
         here = Path(__file__).resolve().parent
@@ -44,6 +53,6 @@ def environment(device: torch.device) -> dict:
     from importlib.metadata import version
     return {
         "device": str(device), "device_name": device_name(device), "cpu": cpu_model(),
-        "threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__,
+        "threads": torch.get_num_threads(), "cpu_cores": cpu_cores(), "python": platform.python_version(), "torch": torch.__version__,
         "torchvision": version("torchvision"), "platform": platform.platform(), "git_commit": git_commit(),
     }

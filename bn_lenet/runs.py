@@ -16,6 +16,7 @@ checkpoint resumes from the start.
 """
 
 import itertools
+import os
 import signal
 import sys
 import time
@@ -27,6 +28,7 @@ import torch
 from . import config as config_mod
 from . import data as data_mod
 from . import distributed
+from . import launch
 from . import tb_log
 from .distributed import SINGLE
 from .errors import UserError
@@ -130,6 +132,11 @@ def write_epoch_files(run_dir: Path, history: list, bn_history: list, grad_norms
         write_jsonl(run_dir / "grad_norms.jsonl", grad_norms)
 
 
+def _command() -> str:
+    """The command that started this run (in a job launched for train.processes: the one typed)."""
+    return os.environ.get(launch.COMMAND_ENV) or " ".join(sys.argv)
+
+
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
@@ -157,7 +164,11 @@ def train_run(cfg, out=None, name="run", data=None, progress=False, log=print, r
     In a data-parallel job (``job``, distributed.py) every process trains and rank 0 alone writes the run
     directory; a process of the job that dies makes the run "failed", its finished epochs kept.
     ``on_epoch(stats, model)`` runs after each saved epoch (the Python API's live plot).
+    With train.processes > 1 outside torchrun, the run is trained by a torchrun job launched from here
+    (launch.py): the same run directory, meta.json and messages.
     """
+    if job is SINGLE and launch.wanted(cfg):
+        return _launch_run(cfg, out, name, log, resume, log_error or log, on_epoch)
     # From here on Ctrl-C / SIGTERM stop the run at the next batch boundary, whenever they come.
     with stop_on_signals() as stop_requested:
         meta = _train_run(cfg, out, name, data, progress, log, resume, log_error or log, stop_requested, job,
@@ -166,6 +177,21 @@ def train_run(cfg, out=None, name="run", data=None, progress=False, log=print, r
         # The stop came after the last batch: this run is complete and saved, but a caller running many
         # runs (the seed study) must stop too, not start the next one. (A torchrun job is one run; its
         # processes end together, see cli.py.)
+        raise KeyboardInterrupt
+    return meta
+
+
+def _launch_run(cfg, out, name, log, resume, log_error, on_epoch) -> dict:
+    if on_epoch is not None:
+        raise UserError(f"train.processes = {cfg.train.processes}: this run trains in other processes, so its "
+                        f"model never comes back here; use `bn-lenet run` with it, or train.processes=1")
+    import torch
+    config_mod.check_processes(cfg, cuda=torch.cuda.is_available())  # "auto" settled: before a process starts
+    if not resume:
+        data_mod.find_files(cfg.data.root or None)  # no data: one error line here, not one from the job
+    run_dir = Path(out) if resume else new_run_dir(out, name)
+    meta, stopped = launch.train(cfg, run_dir, resume, log, log_error)
+    if stopped and meta["status"] == "finished":  # as train_run: a caller running many runs stops too
         raise KeyboardInterrupt
     return meta
 
@@ -200,7 +226,7 @@ def _train_run(cfg, out, name, data, progress, log, resume, log_error, stop_requ
             run_dir, ckpt = (new_run_dir(out, name) if writes else Path(out or "")), None
             if writes:
                 write_atomic(run_dir / "config.toml", config_mod.to_toml(cfg))
-            meta = {"seed": cfg.train.seed, "command": " ".join(sys.argv), "started": _now()}
+            meta = {"seed": cfg.train.seed, "command": _command(), "started": _now()}
     if job.distributed:
         run_dir = Path(distributed.gather_objects(str(run_dir), job.control)[0])  # rank 0's, for messages
         meta.update(job.describe(cfg))
@@ -230,7 +256,7 @@ def _train_run(cfg, out, name, data, progress, log, resume, log_error, stop_requ
         if writes:
             write_epoch_files(run_dir, history, bn_history, grad_rows)
         meta.update(epochs_done=start)
-        meta.setdefault("resumed", []).append({"at_epoch": start, "time": _now(), "command": " ".join(sys.argv)})
+        meta.setdefault("resumed", []).append({"at_epoch": start, "time": _now(), "command": _command()})
     if writes:
         write_json(run_dir / "meta.json", meta)
     tb = tb_log.open_run(run_dir, cfg, start, resumed=resume) if cfg.log.tensorboard and writes else None
@@ -284,14 +310,14 @@ def _train_run(cfg, out, name, data, progress, log, resume, log_error, stop_requ
     except Interrupted as e:
         meta.update(status="interrupted", interrupted_at={"epoch": e.epoch, "batch": e.batch},
                     message=f"interrupted during epoch {e.epoch}; kept the {len(history)} finished epoch(s) "
-                            f"in {run_dir}. Continue with: {distributed.resume_command(job)} {run_dir}")
+                            f"in {run_dir}. Continue with: {distributed.resume_command(job, cfg)} {run_dir}")
     except Exception as e:
         if not (job.distributed and distributed.is_peer_failure(e)):
             raise
         # Another process died or stopped answering: this one cannot go on alone.
         meta.update(status="failed", message=f"process {job.rank} of {job.world} lost contact with the job "
                     f"({distributed.short(e)}): another process died or hung. Kept the {len(history)} finished "
-                    f"epoch(s) in {run_dir}. Continue with: {distributed.resume_command(job)} {run_dir}")
+                    f"epoch(s) in {run_dir}. Continue with: {distributed.resume_command(job, cfg)} {run_dir}")
     finally:
         if tb is not None:
             tb.close()

@@ -32,10 +32,11 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
-def default_jobs(todo: int, on_gpu: bool) -> int:
+def default_jobs(todo: int, on_gpu: bool, processes: int = 1) -> int:
     """One single-threaded worker per core (small runs use cores better side by side than with threads
-    inside one run), never more workers than runs; one worker per GPU on CUDA."""
-    return 1 if on_gpu else max(1, min(cores(), todo))
+    inside one run), never more workers than runs; one worker per GPU on CUDA. A run of train.processes = N
+    is N single-threaded processes: cores // N workers (at least 1) for the largest N."""
+    return 1 if on_gpu else max(1, min(cores() // processes, todo))
 
 
 def check_out(out: Path, planned: list) -> None:
@@ -85,7 +86,7 @@ def run_sweep(spec: dict, out, jobs=None, executor="local", ray_address=None, re
             data_mod.find_files(root or None)  # no data: one error now, not one per worker
         on_gpu = any(r["cfg"].train.device.startswith("cuda") or r["cfg"].train.device == "auto" and _cuda()
                      for r in todo)
-        jobs = jobs or default_jobs(len(todo), on_gpu)
+        jobs = jobs or default_jobs(len(todo), on_gpu, max(r["cfg"].train.processes for r in todo))
         setup = {"executor": executor, "jobs": jobs, "threads_per_run": max(1, cores() // jobs)}
         if executor == "ray":
             from .sweep_ray import connect_ray

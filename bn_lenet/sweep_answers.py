@@ -8,7 +8,7 @@ This module is the registry: it imports every answer module, and no answer modul
 that uses it, sweep_report.py); the pieces they share are in stats.py and answers_common.py.
 """
 
-from . import answer_gradients, answer_lr, answer_test_stats, answers_affine, answers_variants
+from . import answer_distributed, answer_gradients, answer_lr, answer_test_stats, answers_affine, answers_variants
 from .answers_common import finals, mean
 from .stats import STUCK_ACC, describe, final_values, pm
 from .study_report import study_sections
@@ -91,6 +91,6 @@ for _module in (answers_affine, answers_variants):
     ONE_LINE.update(_module.ONE_LINE)
 
 
-# The studies of issue 11, one module each (NAME, answer, one_line).
-for _study in (answer_lr, answer_test_stats, answer_gradients):
+# The studies of issue 11 (and 13's distributed), one module each (NAME, answer, one_line).
+for _study in (answer_lr, answer_test_stats, answer_gradients, answer_distributed):
     ANSWERS[_study.NAME], ONE_LINE[_study.NAME] = _study.answer, _study.one_line

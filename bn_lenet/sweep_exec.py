@@ -66,7 +66,7 @@ _DATA = {}  # per worker process: the dataset, loaded once per data.root
 def execute(task: dict, log=None) -> dict:
     """Bring one run to an end (finished, diverged or interrupted) from whatever state it is in on disk."""
     from . import data as data_mod
-    from . import runs
+    from . import launch, runs
     run_dir, cfg, started = Path(task["dir"]), task["cfg"], time.perf_counter()
     result = {"dir": str(run_dir), "point": task["point"], "seed": task["seed"], "trained": False}
     prefix = f"{task['point']} seed-{task['seed']}: "
@@ -77,10 +77,10 @@ def execute(task: dict, log=None) -> dict:
             if state == "restart":
                 shutil.rmtree(run_dir)
             root = cfg.data.root or None
-            if root not in _DATA:
+            if root not in _DATA and not launch.wanted(cfg):  # (a launched job loads its own)
                 _DATA[root] = data_mod.load_dataset(root)
             try:
-                runs.train_run(cfg, out=run_dir, data=_DATA[root], log=say if task.get("verbose") else lambda _: None,
+                runs.train_run(cfg, out=run_dir, data=_DATA.get(root), log=say if task.get("verbose") else lambda _: None,
                                resume=state == "resume", log_error=say)
             except KeyboardInterrupt:  # it finished, and then a stop came: the caller stops after it
                 result["stop"] = True

@@ -71,3 +71,30 @@ def test_compile_with_cuda_graph_is_refused_until_verified_on_a_gpu():
     with pytest.raises(ConfigError, match="train.compile = true together with train.cuda_graph = true has not "
                                           "been verified on a GPU in this project; set one of them to false"):
         config.resolve(None, ["train.compile=true", "train.cuda_graph=true"])
+
+
+def test_processes_is_one_by_default_and_typed():
+    assert config.Config().train.processes == 1
+    assert config.resolve(None, ["train.processes=4"]).train.processes == 4
+    with pytest.raises(ConfigError, match="train.processes must be int, got str '2'"):
+        config.resolve(None, ['train.processes="2"'])
+    with pytest.raises(ConfigError, match=r"train.processes = 0 is out of range: it must be >= 1"):
+        config.resolve(None, ["train.processes=0"])
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["train.cuda_graph=true"], "train.cuda_graph = true cannot be used with train.processes = 2"),
+    (["train.compile=true"], "train.compile = true cannot be used with train.processes = 2"),
+    (["train.device=cuda:1"], "train.device = 'cuda:1' with train.processes = 2: each process uses the GPU of its "
+                              "local rank"),
+    (["model.norm=torch", "train.device=cpu"], "model.norm = torch with bn.sync = true and train.processes = 2 "
+                                               "needs CUDA"),
+    (["model.norm=layer", "bn.sync=false"], "bn.sync = false has no effect: model.norm = layer has no batch "
+                                            "statistics"),
+    (["train.batch_size=3", "bn.sync=false"], "train.batch_size = 3 over train.processes = 2 leaves a process 1 "
+                                              "example(s) of a batch; each needs at least 2 (local BN"),
+])
+def test_what_a_job_of_processes_cannot_do_is_refused_before_it_starts(overrides, message):
+    with pytest.raises(ConfigError) as e:
+        config.resolve(None, ["train.processes=2", *overrides])
+    assert message in str(e.value)

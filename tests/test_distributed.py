@@ -355,3 +355,78 @@ def test_a_killed_process_ends_the_job_keeps_finished_epochs_and_resume_continue
     # Resumed, the run ends exactly where the one that was never stopped did.
     straight = final_state(two_synced)
     assert all(torch.equal(v, straight[k]) for k, v in final_state(out).items())
+
+
+# --- train.processes: bn-lenet run launches the job itself ---------------------------------------------------
+
+def bn_lenet(*args, env=None, timeout=180):
+    """``python -m bn_lenet`` in a child process, as a user types it (the full test set: the children of a
+    launched job load the data themselves)."""
+    return subprocess.run([sys.executable, "-m", "bn_lenet", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+
+
+def sets(overrides):
+    return sum((["--set", s] for s in overrides), [])
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory):
+    out = tmp_path_factory.mktemp("launched") / "run"
+    r = bn_lenet("run", CONFIG, *sets(QUICK + ["train.processes=2"]), "--out", out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out, r
+
+
+def test_train_processes_2_is_a_two_process_job_that_trains_as_one_process(launched, one_process):
+    out, r = launched
+    meta = runs.read_json(out / "meta.json")
+    assert (meta["world_size"], meta["bn_sync"], meta["status"], meta["threads"]) == (2, "synced", "finished", 1)
+    assert meta["command"].endswith(f"--set train.processes=2 --out {out}")  # the command typed, not torchrun's
+    rows, ref = runs.read_metrics(out), runs.read_metrics(one_process)
+    assert [row["epoch"] for row in rows] == [1, 2]
+    for a, b in zip(rows, ref):
+        assert abs(a["loss"] - b["loss"]) < TOL
+    assert r.stdout.count("run directory:") == 1 and r.stderr == ""  # rank 0's lines once, no torchrun noise
+
+
+def test_train_processes_refusals_are_one_error_line_before_any_process_starts(tmp_path):
+    out = tmp_path / "run"
+    for overrides, message in ((["train.processes=2", "train.cuda_graph=true"], "train.cuda_graph = true cannot be "
+                                "used with train.processes = 2"),
+                               (["train.processes=2", "model.norm=torch", "train.device=cpu"], "nn.SyncBatchNorm"),
+                               (["train.processes=2", "train.batch_size=7", "bn.sync=false"],  # the job finds it
+                                "leaves a process 1 example(s) of the last batch (3)")):
+        r = bn_lenet("run", CONFIG, *sets(overrides), "--out", out)
+        errors = [line for line in r.stderr.splitlines() if line.strip()]
+        assert r.returncode == 2 and len(errors) == 1 and errors[0].startswith("error: ") and message in errors[0], \
+            r.stderr[-3000:]
+        assert not out.exists()
+
+
+def test_inside_torchrun_train_processes_must_match_its_processes(tmp_path):
+    out = tmp_path / "run"
+    r = torchrun(tmp_path, "run", str(CONFIG), *sets(QUICK + ["train.processes=4"]), "--out", str(out))
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "train.processes = 4 but this torchrun job has 2 processes" in errors[0], \
+        r.stderr[-3000:]
+    assert r.returncode != 0 and not out.exists()
+
+
+def test_a_launched_job_whose_rank_0_is_killed_says_so_in_one_line_and_resumes(tmp_path, launched):
+    out = tmp_path / "run"
+    r = bn_lenet("run", CONFIG, *sets(QUICK + ["train.processes=2"]), "--out", out,
+                 env={"BN_LENET_TEST_SIGNAL": "SIGKILL@batch:5", "BN_LENET_TEST_SIGNAL_RANK": "0"})
+    errors = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 1 and len(errors) == 1, r.stderr[-3000:]
+    assert errors[0].startswith("error: the 2-process torchrun job failed") and "rank 0 was killed by SIGKILL" in \
+        errors[0] and f"bn-lenet run --resume {out}" in errors[0]
+    meta = runs.read_json(out / "meta.json")
+    assert (meta["status"], meta["epochs_done"]) == ("failed", 1)
+    assert [row["epoch"] for row in runs.read_metrics(out)] == [1]
+
+    r = bn_lenet("run", "--resume", out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert runs.read_json(out / "meta.json")["status"] == "finished"
+    straight = final_state(launched[0])
+    assert all(torch.equal(v, straight[k]) for k, v in final_state(out).items())

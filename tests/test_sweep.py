@@ -304,6 +304,8 @@ BASE = f'config = "{CONFIG}"\n'
     (["SPEC:qestion = 'x'\n"], "unknown key(s) qestion"),
     (["SPEC:[report]\nanswer = 'nope'\n"], "answer = 'nope' is unknown"),
     (["SPEC:seeds = 2\n", "--grid", "train.lr=1,2"], "put the grid in it"),
+    (['SPEC:[[points]]\n"train.processes" = 2\n"train.cuda_graph" = true\n'],
+     "point processes=2,cuda_graph=true: train.cuda_graph = true cannot be used with train.processes = 2"),
     (["SPEC:seeds = 2\n", "--seeds", "0"], "seeds = 0: give at least 1"),
     ([str(CONFIG), "--executor", "ray", "--ray-address", "127.0.0.1:1", "--set", "train.epochs=1"],
      "--ray-address 127.0.0.1:1: cannot reach a Ray cluster there"),
