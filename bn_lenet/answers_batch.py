@@ -375,9 +375,11 @@ def how_measured(sweep: dict) -> str:
     setups = sorted({(c["jobs"], c["threads_per_run"]) for c in calls if "jobs" in c})
     if not setups:
         return "How many runs shared the machine while these were timed is not recorded."
-    return ("Measured with " + " and ".join(f"{j} run(s) side by side, {t} torch thread(s) each" for j, t in setups)
-            + " (sweep.json): the runs shared the machine's cores, so these figures compare the norms with each other, "
-              "not the speed one run would get alone.")
+    said = " and ".join(f"{j} runs side by side, {t} torch thread(s) each" if j > 1 else
+                        f"one run at a time, {t} torch thread(s)" for j, t in setups)
+    shared = (": the runs shared the machine's cores, so these figures compare the norms with each other, not the "
+              "speed one run would get alone" if any(j > 1 for j, _ in setups) else "")
+    return f"Measured with {said} (sweep.json){shared}."
 
 
 def throughput_lines(sweep: dict, table: dict) -> list:
@@ -432,7 +434,10 @@ def kinds_meaning(table: dict) -> str:
             said.append(f"At batch {b}, {name(top)} and {', '.join(name(n) for n in tied)} are within the seeds' "
                         f"spread: pick on speed or convenience ({name(fastest)} is the fastest of them).")
         else:
-            said.append(f"At batch {b}, {name(top)} is ahead of every other norm beyond the seeds' spread: use it.")
+            undone = [name(n) for n, p in norms.items() if falls_short(p, best) is None]
+            said.append(f"At batch {b}, {name(top)} is ahead of every other norm "
+                        + (f"done so far (not yet: {', '.join(undone)}) " if undone else "")
+                        + "beyond the seeds' spread: use it.")
     return " ".join(said) or "Not enough finished runs to say yet."
 
 

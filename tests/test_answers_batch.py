@@ -166,7 +166,7 @@ def test_norm_kinds_reads_how_many_runs_shared_the_machine_from_sweep_json(tmp_p
     assert "is not recorded" in "\n".join(answers_batch.norm_kinds(sweep))
     (tmp_path / "sweep.json").write_text(json.dumps({"provenance": {"invocations": [
         {"executor": "local", "jobs": 2, "threads_per_run": 1}]}}))
-    assert "Measured with 2 run(s) side by side, 1 torch thread(s) each" in "\n".join(answers_batch.norm_kinds(sweep))
+    assert "Measured with 2 runs side by side, 1 torch thread(s) each (sweep.json): the runs shared" in "\n".join(answers_batch.norm_kinds(sweep))
 
 
 def test_the_examples_per_sec_of_a_run_weighs_every_epoch_by_its_step_time():
@@ -181,3 +181,14 @@ def test_batch_statistics_beating_the_moving_ones_points_to_re_estimating_them()
     text = "\n".join(answers_batch.batch_size(sweep))
     assert "16: -0.030 ± 0.000" in text
     assert "0.030 below the test batches' own statistics" in text and "eval.precise_bn" in text
+
+
+def test_norm_kinds_with_runs_not_done_is_provisional_and_names_them():
+    sweep = make_sweep([point("scratch", 256, seeds(0.88), gap=0.01, speed=600.0), point("layer", 256, seeds(0.80)),
+                        point("none", 256, ["running"] * 3), point("scratch", 16, [0.80, "running", "running"])])
+    text = "\n".join(answers_batch.norm_kinds(sweep))
+    assert "**Provisional: 5 of 12 runs are not done**" in text
+    assert "At batch 256 use **BN**" in text and "not done yet: no norm" in text
+    assert "ahead of every other norm done so far (not yet: no norm)" in text
+    assert "| 256 | no norm | n/a | n/a |" in text and "| 256 | BN | 600 ± 0 (n=3) | n/a |" in text
+    assert answers_batch.norm_kinds_one_line(sweep).endswith("(provisional: 5 runs not done)")
