@@ -256,7 +256,8 @@ def one_line(sweep: dict) -> str:
         share = precise / moving
         cause = ("mostly the moving statistics" if share <= MOSTLY else "mostly the weights" if share >= STAYS else
                  "the statistics and the weights")
-        parts.append(f"lr {ref['values']['train.lr']:g} swing {moving:.3f} (moving) vs {precise:.3f} (precise BN): {cause}")
+        parts.append(f"lr {ref['values']['train.lr']:g} swing {moving:.3f} (moving) vs {precise:.3f} (precise BN): "
+                     f"{cause}")
     names = dict(METRICS)
     found = [(p, m, d) for p, m, d in candidates(points, stats) if meets(d, seeds)]
     target = f"mean >= {TARGET_MEAN}, std <= {TARGET_STD}"

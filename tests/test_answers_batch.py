@@ -69,8 +69,10 @@ FLAT = {b: 0.86 for b in BATCHES}
 
 
 def test_both_answers_are_registered_with_their_one_lines():
-    assert ANSWERS["batch_size"] is answers_batch.batch_size and ONE_LINE["batch_size"] is answers_batch.batch_size_one_line
-    assert ANSWERS["norm_kinds"] is answers_batch.norm_kinds and ONE_LINE["norm_kinds"] is answers_batch.norm_kinds_one_line
+    assert ANSWERS["batch_size"] is answers_batch.batch_size
+    assert ONE_LINE["batch_size"] is answers_batch.batch_size_one_line
+    assert ANSWERS["norm_kinds"] is answers_batch.norm_kinds
+    assert ONE_LINE["norm_kinds"] is answers_batch.norm_kinds_one_line
 
 
 def test_a_falling_bn_curve_is_found_where_it_falls(tmp_path):
@@ -166,7 +168,8 @@ def test_norm_kinds_reads_how_many_runs_shared_the_machine_from_sweep_json(tmp_p
     assert "is not recorded" in "\n".join(answers_batch.norm_kinds(sweep))
     (tmp_path / "sweep.json").write_text(json.dumps({"provenance": {"invocations": [
         {"executor": "local", "jobs": 2, "threads_per_run": 1}]}}))
-    assert "Measured with 2 runs side by side, 1 torch thread(s) each (sweep.json): the runs shared" in "\n".join(answers_batch.norm_kinds(sweep))
+    text = "\n".join(answers_batch.norm_kinds(sweep))
+    assert "Measured with 2 runs side by side, 1 torch thread(s) each (sweep.json): the runs shared" in text
 
 
 def test_the_examples_per_sec_of_a_run_weighs_every_epoch_by_its_step_time():
