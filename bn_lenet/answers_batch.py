@@ -137,8 +137,8 @@ def bn_sentence(curve: dict) -> str:
     if not f["short"]:
         held = f"batch {smallest}, the smallest" if f["holds_to"] == smallest else f"batch {f['holds_to']}"
         return f"BN does **not** fall off: down to {held}, its final test accuracy stays within spread of {best}"
-    said = (f"BN's final test accuracy **falls off below batch {f['holds_to']}**: it stays within spread of {best} "
-            f"down to batch {f['holds_to']}")
+    said = f"BN's final test accuracy **falls off below batch {f['holds_to']}**: " + (
+        f"{best}" if f["holds_to"] == f["best"] else f"it stays within spread of {best} down to batch {f['holds_to']}")
     for b in sorted({max(f["short"]), smallest} & set(f["short"]), reverse=True):
         d = drop(curve, b)
         below = f", {d['by']:.3f} below its best" if d["by"] is not None else ""
@@ -216,10 +216,14 @@ def meaning(curves: dict) -> str:
     if at_small:
         top_norm = at_small[0][1]
         top = finals(curves[top_norm][small])
-        tied = [name(n) for _, n in at_small[1:] if not falls_short(curves[n][small], top)]
+        others = [n for n in curves if n != top_norm and small in curves[n]]
+        tied = [name(n) for n in others if falls_short(curves[n][small], top) is False]
+        short = [name(n) for n in others if falls_short(curves[n][small], top)]
+        undone = [name(n) for n in others if falls_short(curves[n][small], top) is None]
         said.append(f"At batch {small} the best mean is {name(top_norm)}'s ({ms(top)})"
-                    + (f", with {', '.join(tied)} within spread of it" if tied else ", every other norm falls short "
-                       "of it") + ".")
+                    + (f"; within spread of it: {', '.join(tied)}" if tied else "")
+                    + (f"; short of it: {', '.join(short)}" if short else "")
+                    + (f"; not done yet: {', '.join(undone)}" if undone else "") + ".")
     g = gaps(bn) if bn else {}
     if g and small in g:
         gap = mean(g[small])

@@ -88,6 +88,7 @@ def test_a_falling_bn_curve_is_found_where_it_falls(tmp_path):
     assert "lr = batch / 256" in text and "falls short* of the best" in text  # the rule is stated
     assert "This agrees with the GroupNorm paper" in text
     assert "keep the batch at 64 or more" in text
+    assert "the best mean is GroupNorm's (0.860 ± 0.005 (n=3)); short of it: BN, LayerNorm." in text
     assert (tmp_path / answers_batch.ACC_FIGURE).is_file() and (tmp_path / answers_batch.STATS_FIGURE).is_file()
     assert answers_batch.batch_size_one_line(sweep) == ("BN falls off below batch 64, BN 0.700 at batch 16, "
                                                         "GroupNorm 0.860 at batch 16, LayerNorm 0.800 at batch 16")
@@ -137,6 +138,13 @@ def test_runs_not_done_make_the_answer_provisional_and_are_not_judged():
     text = "\n".join(answers_batch.batch_size(sweep))
     assert "**Provisional: 3 of 12 runs are not done**" in text and "3 of 3 not done yet" in text
     assert "provisional: 3 runs not done" in answers_batch.batch_size_one_line(sweep)
+
+
+def test_a_best_at_the_fall_off_and_norms_not_done_at_the_smallest_batch_are_said_as_such():
+    sweep = batch_sweep({16: 0.70, 64: 0.88, 256: 0.80}, extra=[point("group", 16, ["running"] * 3)])
+    text = "\n".join(answers_batch.batch_size(sweep))
+    assert "**falls off below batch 64**: its best, 0.880 ± 0.005 (n=3) at batch 64; at batch 16 it is 0.700" in text
+    assert "At batch 16 the best mean is BN's (0.700 ± 0.005 (n=3)); not done yet: GroupNorm." in text
 
 
 # --- norm_kinds -----------------------------------------------------------------------------------------
