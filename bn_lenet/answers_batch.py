@@ -291,6 +291,14 @@ def errorbar(ax, curve: dict, metric: str = "test_acc", **style) -> None:
                     yerr=[std(finals(curve[b], metric)) for b in xs], capsize=3, marker="o", **style)
 
 
+def batch_axis(ax, sizes: list, label: str) -> None:
+    """A log2 x axis labelled with the batch sizes themselves (16, 32, ...), not powers of 2."""
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sizes, [str(b) for b in sizes])
+    ax.minorticks_off()
+    ax.set_xlabel(label)
+
+
 def draw_batch(curves: dict, out) -> bool:
     if out is None or not any(finals(p) for c in curves.values() for p in c.values()):
         return False
@@ -299,8 +307,8 @@ def draw_batch(curves: dict, out) -> bool:
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     for norm, curve in curves.items():
         errorbar(ax, curve, label=name(norm))
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("batch size (lr = batch / 256)")
+    sizes = sorted({b for c in curves.values() for b in c})
+    batch_axis(ax, sizes, "batch size (log2 axis)")
     ax.set_ylabel("final test accuracy")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
@@ -311,8 +319,7 @@ def draw_batch(curves: dict, out) -> bool:
         fig, ax = plt.subplots(figsize=(6.4, 4.0))
         errorbar(ax, bn, label="moving statistics (eval mode)")
         errorbar(ax, bn, BATCH_STATS, label="each test batch's own statistics")
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("batch size")
+        batch_axis(ax, sorted(bn), "batch size (log2 axis)")
         ax.set_ylabel("BN final test accuracy")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
