@@ -385,7 +385,8 @@ def how_measured(sweep: dict) -> str:
     calls = json.loads(path.read_text()).get("provenance", {}).get("invocations", []) if path and path.is_file() else []
     setups = sorted({(c["jobs"], c["threads_per_run"]) for c in calls if "jobs" in c})
     if not setups:
-        return "How many runs shared the machine while these were timed is not recorded."
+        return ("How many runs shared the machine while these were timed is not recorded (yet: sweep.json records "
+                "it when a sweep command ends).")
     said = " and ".join(f"{j} runs side by side, {t} torch thread(s) each" if j > 1 else
                         f"one run at a time, {t} torch thread(s)" for j, t in setups)
     shared = (": the runs shared the machine's cores, so these figures compare the norms with each other, not the "
@@ -442,8 +443,9 @@ def kinds_meaning(table: dict) -> str:
         tied = [n for n, p in norms.items() if n != top and falls_short(p, best) is False]
         if tied:
             fastest = max([top] + tied, key=lambda n: mean(speed(norms[n])) if speed(norms[n]) else 0.0)
-            said.append(f"At batch {b}, {name(top)} and {', '.join(name(n) for n in tied)} are within the seeds' "
-                        f"spread: pick on speed or convenience ({name(fastest)} is the fastest of them).")
+            group = [name(n) for n in [top] + tied]
+            said.append(f"At batch {b}, {', '.join(group[:-1])} and {group[-1]} are within the seeds' spread of each "
+                        f"other: pick on speed or convenience ({name(fastest)} is the fastest of them).")
         else:
             undone = [name(n) for n, p in norms.items() if falls_short(p, best) is None]
             said.append(f"At batch {b}, {name(top)} is ahead of every other norm "
