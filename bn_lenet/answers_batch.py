@@ -368,12 +368,12 @@ def choice_sentence(batch, norms: dict) -> str:
     best = finals(norms[top])
     within = [n for n, p in norms.items() if n != top and falls_short(p, best) is False]
     short = [n for n, p in norms.items() if n != top and falls_short(p, best)]
-    said = f"At batch {batch} use **{name(top)}**: {acc_at(norms[top])}"
+    undone = [n for n in norms if n != top and falls_short(norms[n], best) is None]
+    said = f"At batch {batch} {'the best so far is' if undone else 'use'} **{name(top)}**: {acc_at(norms[top])}"
     if within:
         said += "; within spread of it: " + ", ".join(f"{name(n)} {acc_at(norms[n])}" for n in within)
     if short:
         said += "; short of it: " + ", ".join(f"{name(n)} {acc_at(norms[n])}" for n in short)
-    undone = [n for n in norms if n != top and falls_short(norms[n], best) is None]
     if undone:
         said += "; not done yet: " + ", ".join(name(n) for n in undone)
     return said + ("." if within or short or undone else " (the only norm finished).")
@@ -446,6 +446,8 @@ def kinds_meaning(table: dict) -> str:
             group = [name(n) for n in [top] + tied]
             said.append(f"At batch {b}, {', '.join(group[:-1])} and {group[-1]} are within the seeds' spread of each "
                         f"other: pick on speed or convenience ({name(fastest)} is the fastest of them).")
+        elif all(falls_short(p, best) is None for n, p in norms.items() if n != top):
+            said.append(f"At batch {b}, only {name(top)} has finished runs so far.")
         else:
             undone = [name(n) for n, p in norms.items() if falls_short(p, best) is None]
             said.append(f"At batch {b}, {name(top)} is ahead of every other norm "

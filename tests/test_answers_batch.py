@@ -199,7 +199,8 @@ def test_norm_kinds_with_runs_not_done_is_provisional_and_names_them():
                         point("none", 256, ["running"] * 3), point("scratch", 16, [0.80, "running", "running"])])
     text = "\n".join(answers_batch.norm_kinds(sweep))
     assert "**Provisional: 5 of 12 runs are not done**" in text
-    assert "At batch 256 use **BN**" in text and "not done yet: no norm" in text
+    assert "At batch 256 the best so far is **BN**" in text and "not done yet: no norm" in text
+    assert "At batch 16, only BN has finished runs so far." in text
     assert "ahead of every other norm done so far (not yet: no norm)" in text
     assert "| 256 | no norm | n/a | n/a |" in text and "| 256 | BN | 600 ± 0 (n=3) | n/a |" in text
     assert answers_batch.norm_kinds_one_line(sweep).endswith("(provisional: 5 runs not done)")
