@@ -243,9 +243,29 @@ def draw(points: list, out) -> None:
 
 
 def one_line(sweep: dict) -> str:
+    """The index's line: the swing with the moving statistics vs precise BN at lr 1, and the setting that meets
+    the target (or the closest), each with its key number."""
     points = sweep["points"]
     stats = {p["id"]: point_stats(p) for p in points}
     seeds = max(len(p["runs"]) for p in points)
     not_done = sum(r["status"] not in ("finished", "diverged") for r in sweep["runs"])
-    text = " ".join(why_sentences(points, stats)[:1] + target_sentences(points, stats, seeds)).replace("**", "")
+    parts = []
+    ref = find(points, 1.0, 0.9) or find(points, 1.0)
+    moving, precise = swing_of(stats, ref, "test_acc"), swing_of(stats, ref, "test_acc_precise")
+    if moving and precise is not None:
+        share = precise / moving
+        cause = ("mostly the moving statistics" if share <= MOSTLY else "mostly the weights" if share >= STAYS else
+                 "the statistics and the weights")
+        parts.append(f"lr {ref['values']['train.lr']:g} swing {moving:.3f} (moving) vs {precise:.3f} (precise BN): "
+                     f"{cause}")
+    names = dict(METRICS)
+    found = [(p, m, d) for p, m, d in candidates(points, stats) if meets(d, seeds)]
+    target = f"mean >= {TARGET_MEAN}, std <= {TARGET_STD}"
+    if found:
+        p, m, d = max(found, key=lambda c: c[2]["mean"])
+        parts.append(f"{target} met by {label(p)} ({d['mean']:.3f} ± {d['std']:.3f}, {names[m]})")
+    elif candidates(points, stats):
+        p, m, d = min(candidates(points, stats), key=lambda c: shortfall(c[2]))
+        parts.append(f"{target} not met; closest {label(p)} ({d['mean']:.3f} ± {d['std']:.3f}, {names[m]})")
+    text = "; ".join(parts) or "no run finished yet"
     return text + (f" (provisional: {not_done} runs not done)" if not_done else "")

@@ -12,7 +12,7 @@ from the network each point's config builds (model.from_config), never from a fi
 import torch
 
 from . import config as config_mod
-from .answers_common import beyond_noise, diff_line, finals, find, loss_note, mean, ms, status_note
+from .answers_common import beyond_noise, diff_line, finals, find, loss_notes, mean, ms, status_note
 from .model import bn_layers, count_parameters, from_config
 from .options import LAYERS
 from .stats import describe, finished
@@ -226,7 +226,8 @@ def _gb_meaning(sweep: dict, both) -> str:
     better = [_gb_label(p["values"]) for p in sweep["points"]
               if p is not both and beyond_noise(finals(p), full) and mean(finals(p)) > mean(full)]
     if not worse and not better:
-        losses = "".join(loss_note(p, both, _gb_label(p["values"]), "both trained") for p in sweep["points"] if p is not both)
+        losses = loss_notes(both, "both trained",
+                            [(p, _gb_label(p["values"])) for p in sweep["points"] if p is not both])
         return ("Fixing gamma, beta or both changes final test accuracy by no more than the seeds do: here BN's "
                 "learned scale and shift are not needed for test accuracy; the chapter's reason for them (to let "
                 "the layer undo the normalization where that helps) does not show in it." + losses)

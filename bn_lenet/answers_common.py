@@ -156,3 +156,16 @@ def loss_note(a_point, b_point, name_a: str, name_b: str) -> str:
         return ""
     return (f" The final training loss does separate them: {name_a} {ms(a)} against {name_b} {ms(b)}, beyond seed "
             f"noise (the test accuracy with the moving statistics swings from epoch to epoch and hides it).")
+
+
+def loss_notes(ref_point, ref_name: str, others: list) -> str:
+    """loss_note for several points against one reference, as one sentence listing the points whose final
+    training loss the seeds tell apart from the reference's; ``others``: [(point, name)]. '' when none."""
+    ref = finals(ref_point, "loss")
+    apart = [(name, finals(p, "loss")) for p, name in others if beyond_noise(finals(p, "loss"), ref)]
+    if not apart:
+        return ""
+    return (f" The final training loss does separate them: {ref_name} {ms(ref)} against "
+            + "; ".join(f"{name} {ms(loss)}" for name, loss in apart)
+            + ", each beyond seed noise (the test accuracy with the moving statistics swings from epoch to epoch "
+              "and hides it).")

@@ -8,7 +8,8 @@ This module is the registry: it imports every answer module, and no answer modul
 that uses it, sweep_report.py); the pieces they share are in stats.py and answers_common.py.
 """
 
-from . import answer_distributed, answer_gradients, answer_lr, answer_test_stats, answers_affine, answers_variants
+from . import (answer_distributed, answer_gradients, answer_lr, answer_test_stats, answers_affine, answers_batch,
+               answers_variants)
 from .answers_common import finals, mean
 from .stats import STUCK_ACC, describe, final_values, pm
 from .study_report import study_sections
@@ -85,8 +86,8 @@ def compare_one_line(sweep: dict) -> str:
 
 ONE_LINE["compare"] = compare_one_line
 
-# The studies of issue 12, several answers per module (ANSWERS and ONE_LINE dicts).
-for _module in (answers_affine, answers_variants):
+# The studies of issues 11 and 12 with several answers per module (ANSWERS and ONE_LINE dicts).
+for _module in (answers_affine, answers_variants, answers_batch):
     ANSWERS.update(_module.ANSWERS)
     ONE_LINE.update(_module.ONE_LINE)
 

@@ -238,6 +238,20 @@ def test_fixed_gamma_beta_pools_only_the_trained_parameters_and_draws_them(tmp_p
     assert line == "test acc 0.880 with gamma and beta trained vs 0.800 with both fixed (beyond seed noise)"
 
 
+def test_fixed_gamma_beta_says_once_which_points_the_training_loss_separates(tmp_path):
+    loss = lambda final: [final + 0.1 * (4 - e) for e in range(5)]  # noqa: E731
+    text, _, _ = answer(tmp_path, "fixed_gamma_beta", [
+        ({"bn.scale": True, "bn.center": True}, runs([0.80, 0.88, 0.84], loss=loss(0.26))),
+        ({"bn.scale": True, "bn.center": False}, runs([0.81, 0.87, 0.85], loss=loss(0.30))),
+        ({"bn.scale": False, "bn.center": True}, runs([0.82, 0.86, 0.84], loss=loss(0.26))),
+        ({"bn.scale": False, "bn.center": False}, runs([0.79, 0.88, 0.83], loss=loss(0.36)))])
+    assert "changes final test accuracy by no more than the seeds do" in text
+    assert text.count("The final training loss does separate them") == 1
+    assert ("separate them: both trained 0.260 ± 0.000 (n=3) against gamma trained, beta = 0 0.300 ± 0.000 (n=3); "
+            "gamma = 1, beta = 0 0.360 ± 0.000 (n=3), each beyond seed noise") in text
+    assert "gamma = 1, beta trained 0.260" not in text  # the same loss as both trained: not listed
+
+
 def test_the_sweep_report_carries_a_study_answer_before_its_table(tmp_path):
     spec, out, planned = make_sweep(tmp_path, "bias", bias_points(0.0))
     text = write_report(spec, out, planned, {}).read_text()

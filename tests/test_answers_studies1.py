@@ -177,7 +177,9 @@ def test_test_stats_swing_that_stays_with_precise_bn_is_the_weights():
 def test_test_stats_names_the_setting_that_meets_mean_0_88_and_std_0_005():
     text = "\n".join(answer_test_stats.answer(ts_sweep(precise_swings=False)))
     assert "is met by: **lr 0.1, momentum 0.9** with precise BN (0.8830 ± 0.0016, n=5)" in text
-    assert "met by" in answer_test_stats.one_line(ts_sweep(precise_swings=False))
+    line = answer_test_stats.one_line(ts_sweep(precise_swings=False))
+    assert line == ("lr 1 swing 0.033 (moving) vs 0.000 (precise BN): mostly the moving statistics; "
+                    "mean >= 0.88, std <= 0.005 met by lr 0.1, momentum 0.9 (0.883 ± 0.002, precise BN)")
 
 
 def test_test_stats_says_how_close_the_best_gets_when_none_meets_it():
@@ -187,6 +189,8 @@ def test_test_stats_says_how_close_the_best_gets_when_none_meets_it():
     assert "the closest is **lr 0.1, momentum 0.9** with precise BN: 0.8900 ± 0.0158" in text
     assert "std 0.0158 > 0.005" in text and "mean 0.8900 <" not in text
     assert "the runs are steady but the seeds end at different accuracies" in text  # flat curves, seeds apart
+    line = answer_test_stats.one_line(spread)
+    assert line.endswith("not met; closest lr 0.1, momentum 0.9 (0.890 ± 0.016, precise BN)") and len(line) < 200
 
 
 # --- gradients --------------------------------------------------------------------------------------------

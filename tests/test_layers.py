@@ -17,8 +17,8 @@ LAYERS = [  # lowest first; a module may import its own layer and the ones above
     ("one run", ["config", "data", "step", "graph_step", "train", "files", "provenance", "runs", "distributed",
                  "launch", "tb_log", "plots", "process"]),
     ("many runs", ["stats", "answers_common", "answer_distributed", "answer_gradients", "answer_lr",
-                   "answer_test_stats", "answers_affine", "answers_variants", "study_report", "sweep_answers",
-                   "sweep_spec", "sweep_report", "sweep_exec", "sweep_ray", "sweep_index", "sweep"]),
+                   "answer_test_stats", "answers_affine", "answers_batch", "answers_variants", "study_report",
+                   "sweep_answers", "sweep_spec", "sweep_report", "sweep_exec", "sweep_ray", "sweep_index", "sweep"]),
     ("anchors", ["tutorial", "benchmark", "benchmark_report"]),
     ("entry points", ["cli", "__main__", "api", "live_plot", "__init__"]),
 ]
