@@ -310,4 +310,5 @@ def test_when_test_accuracy_swings_the_steadier_training_loss_still_tells_the_po
     text, _, _ = answer(tmp_path, "layers", [({"model.norm_layers": []}, flat),
                                              ({"model.norm_layers": list(LAYERS)}, swinging)])
     assert "does not beat no BN in final test accuracy beyond seed noise" in text
-    assert "The final training loss does separate them: all four 0.260 ± 0.000 (n=3) against no layer 0.560" in text
+    assert ("Final training loss: all four minus no layer: -0.300 in loss (all four 0.260 ± 0.000 (n=3), no layer "
+            "0.560 ± 0.000 (n=3)); beyond seed noise") in text
