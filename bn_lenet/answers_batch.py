@@ -5,24 +5,25 @@
                 the moving statistics is from the one with each test batch's own statistics, per size
     norm_kinds  the same norms at batch 256 and 16: which to use at each, and what each costs in examples/s
 
-One rule says whether two points differ, stated in both reports: a point falls short of the best when its mean
-final test accuracy is below the best's by more than the seeds' spread, the larger of the two points' std over
-seeds (a point with a diverged run falls short too). Diverged runs (loss or weights inf/NaN) and stuck ones
+One rule says whether two points differ, stated in both reports and the same as every other study's
+(answers_common.beyond_noise): a point falls short of the best when its final test accuracies over seeds all lie
+below the best's (the seeds' ranges do not overlap; with 3 seeds a side no test can do better), and a point with
+a diverged run falls short too. Diverged runs (loss or weights inf/NaN) and stuck ones
 (finite loss, chance accuracy) are named apart, never averaged as if they had trained.
 """
 
 import json
 
-from .answers_common import by_seed, finals, mean, ms, paired, status_note
+from .answers_common import beyond_noise, by_seed, finals, mean, ms, paired, status_note
 from .stats import STUCK_ACC, describe, examples_per_sec, finished
 
 NORMS = {"scratch": "BN", "torch": "nn.BatchNorm", "group": "GroupNorm", "layer": "LayerNorm", "none": "no norm"}
 ACC_FIGURE = "batch_size_test_acc.png"
 STATS_FIGURE = "batch_size_bn_stats.png"
 BATCH_STATS = "test_acc_batch_stats"
-RULE = ("A point *falls short* of the best when its mean final test accuracy is below the best's by more than the "
-        "seeds' spread (the larger of the two points' std over seeds), or when one of its runs diverged; "
-        "*within spread* otherwise. Figures are mean ± sample std over the finished seeds (n).")
+RULE = ("A point *falls short* of the best when every seed's final test accuracy is below every seed's of the best "
+        "(the seeds' ranges do not overlap), or when one of its runs diverged; *within spread* otherwise. Figures "
+        "are mean ± sample std over the finished seeds (n).")
 
 
 def name(norm: str) -> str:
@@ -54,7 +55,7 @@ def falls_short(point: dict, best: list) -> bool | None:
     acc = finals(point)
     if not acc or not best:
         return None
-    return mean(best) - mean(acc) > max(std(acc), std(best))
+    return mean(acc) < mean(best) and beyond_noise(acc, best)
 
 
 def best_batch(curve: dict):

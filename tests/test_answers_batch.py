@@ -204,3 +204,13 @@ def test_norm_kinds_with_runs_not_done_is_provisional_and_names_them():
     assert "ahead of every other norm done so far (not yet: no norm)" in text
     assert "| 256 | no norm | n/a | n/a |" in text and "| 256 | BN | 600 ± 0 (n=3) | n/a |" in text
     assert answers_batch.norm_kinds_one_line(sweep).endswith("(provisional: 5 runs not done)")
+
+
+def test_a_lower_mean_whose_seeds_overlap_the_best_is_within_spread():
+    """The rule of every study: LayerNorm's mean is 0.016 below BN's, more than either std, but its best seed
+    (0.885) beats BN's worst (0.884): the seeds cannot tell them apart. GroupNorm's seeds all lie below BN's."""
+    sweep = make_sweep([point("scratch", 16, [0.884, 0.893, 0.895]), point("layer", 16, [0.858, 0.882, 0.885]),
+                        point("group", 16, [0.860, 0.870, 0.880])])
+    text = "\n".join(answers_batch.norm_kinds(sweep))
+    assert "At batch 16 use **BN**: 0.891 ± 0.006 (n=3); within spread of it: LayerNorm 0.875 ± 0.015 (n=3)" in text
+    assert "short of it: GroupNorm 0.870 ± 0.010 (n=3)" in text
