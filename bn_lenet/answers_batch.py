@@ -454,6 +454,12 @@ def kinds_meaning(table: dict) -> str:
             said.append(f"At batch {b}, {name(top)} is ahead of every other norm "
                         + (f"done so far (not yet: {', '.join(undone)}) " if undone else "")
                         + "beyond the seeds' spread: use it.")
+        bn = norms.get("scratch") or norms.get("torch")
+        moving, batch_stats = (finals(bn), finals(bn, BATCH_STATS)) if bn else ([], [])
+        if batch_stats and beyond_noise(batch_stats, moving) and mean(batch_stats) > mean(moving):
+            said.append(f"BN's own figure at batch {b} is held down by its moving statistics: with each test batch's "
+                        f"own statistics it reaches {ms(batch_stats)} against {ms(moving)} (the test_stats study "
+                        f"shows how to get there with the moving statistics).")
     return " ".join(said) or "Not enough finished runs to say yet."
 
 
