@@ -225,6 +225,18 @@ def meaning(curves: dict) -> str:
                     + (f"; within spread of it: {', '.join(tied)}" if tied else "")
                     + (f"; short of it: {', '.join(short)}" if short else "")
                     + (f"; not done yet: {', '.join(undone)}" if undone else "") + ".")
+    large = max(max(c) for c in curves.values())
+    fell = [(n, drop(c, large)) for n, c in curves.items() if large in c and large != best_batch(c)]
+    fell = [(n, d) for n, d in fell if d and d["short"]]
+    if fell:  # the other end: with lr = batch / 256 the largest batches train at the largest lr
+        said.append(f"Where the accuracy does fall here is at the largest batch, {large}, with its lr scaled up to "
+                    f"{large / 256:g}: " + "; ".join(f"{name(n)} {acc_at(curves[n][large])}, below its best "
+                                                      f"{ms(d['best'])} at batch {d['top']}" for n, d in fell)
+                    + (f"; BN {acc_at(bn[large])} holds up best there" if bn and large in bn and "scratch" not in
+                       dict(fell) else "") + ".")
+        least = min(fell, key=lambda nd: nd[1]["by"] if nd[1]["by"] is not None else float("inf"))
+        if len(fell) > 1 and least[1]["by"] is not None:
+            said.append(f"{name(least[0])} loses the least there ({least[1]['by']:.3f} below its best).")
     g = gaps(bn) if bn else {}
     if g and small in g:
         gap = mean(g[small])
