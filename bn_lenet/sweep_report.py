@@ -177,6 +177,7 @@ def provenance_lines(sweep: dict, provenance: dict) -> list:
         lines.append(f"  - `{c.get('command', '?')}` at git commit {c.get('git_commit', '?')}: {c.get('trained', '?')} "
                      f"run(s), {c.get('wall_seconds', float('nan')) / 60:.1f} min ({c.get('started', '?')} to "
                      f"{c.get('ended', '?')}){'; ' + setup if setup else ''}{'; stopped' if c.get('stopped') else ''}")
+    lines += adopted_lines(sweep)
     lines += [f"- runs' own git commits: {values('git_commit')}",
               f"- hardware: {values('device_name')} (device {values('device')}, torch threads per run "
               f"{values('threads')}); CPU {values('cpu')}",
@@ -187,6 +188,20 @@ def provenance_lines(sweep: dict, provenance: dict) -> list:
         lines.append(f"- this report regenerated from those files by `{provenance['report_command']}` at git "
                      f"commit {provenance['report_commit']}")
     return lines + [""]
+
+
+def adopted_lines(sweep: dict) -> list:
+    """Runs another command trained (e.g. another sweep with the same point) and this sweep adopted, config
+    checked (sweep_exec.run_state): which command, how many."""
+    spec_file = sweep["spec"].get("spec_file") or ""
+    others = {}
+    for r in sweep["runs"]:
+        command = (r["meta"] or {}).get("command", "")
+        if spec_file and command and "sweep " in command and Path(spec_file).name not in command:
+            others.setdefault("bn-lenet " + command[command.index("sweep "):], []).append(r)
+    return [f"- {len(runs)} of {len(sweep['runs'])} runs were trained by `{command}` and adopted here (the same "
+            f"config, checked when adopted); their time is in the compute above, not in the invocations listed"
+            for command, runs in others.items()]
 
 
 def write_report(spec: dict, out, planned: list, provenance: dict) -> Path:

@@ -312,3 +312,14 @@ def test_when_test_accuracy_swings_the_steadier_training_loss_still_tells_the_po
     assert "does not beat no BN in final test accuracy beyond seed noise" in text
     assert ("Final training loss: all four minus no layer: -0.300 in loss (all four 0.260 ± 0.000 (n=3), no layer "
             "0.560 ± 0.000 (n=3)); beyond seed noise") in text
+
+
+def test_provenance_names_runs_another_sweep_trained_and_this_one_adopted():
+    from bn_lenet.sweep_report import adopted_lines
+    own = {"meta": {"command": "/x/bn_lenet/__main__.py sweep configs/sweeps/batch_size.toml --quiet"}}
+    other = {"meta": {"command": "/x/bn-lenet sweep configs/sweeps/norm_kinds.toml --quiet"}}
+    sweep = {"spec": {"spec_file": "configs/sweeps/batch_size.toml"}, "runs": [own, own, other]}
+    assert adopted_lines(sweep) == ["- 1 of 3 runs were trained by `bn-lenet sweep configs/sweeps/norm_kinds.toml "
+                                    "--quiet` and adopted here (the same config, checked when adopted); their time "
+                                    "is in the compute above, not in the invocations listed"]
+    assert adopted_lines({**sweep, "runs": [own]}) == []
