@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .errors import ConfigError, UserError
+from ..errors import ConfigError, UserError
 
 TIMEOUT_ENV = "BN_LENET_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 120
@@ -157,7 +157,7 @@ class Job:
         slices' statistics; exponential averaging is linear, so the average over processes is the
         exponential average of the slices' mean statistics. Every process then evaluates and saves the same
         model, and a resumed run starts where a straight one is."""
-        from .model import bn_layers, moving_stats
+        from ..network.model import bn_layers, moving_stats
         buffers = [b for layer in bn_layers(model).values() for b in moving_stats(layer) if b is not None]
         if not self.distributed or not buffers:
             return
@@ -191,7 +191,7 @@ class Job:
 
     def describe(self, cfg) -> dict:
         """What meta.json records about the job."""
-        from .options import BATCH_NORMS
+        from ..network.options import BATCH_NORMS
         if not self.distributed:
             return {}
         batch_stats = cfg.model.norm in BATCH_NORMS and cfg.model.norm_layers
@@ -261,7 +261,7 @@ def device_for(job: Job, name: str) -> torch.device:
 def check(cfg, job: Job, device: torch.device, train_examples: int) -> None:
     """What a torchrun job cannot do with this config, as one error before anything is trained."""
     from .data import num_batches
-    from .options import BATCH_NORMS
+    from ..network.options import BATCH_NORMS
     t, b = cfg.train, cfg.bn
     bn = cfg.model.norm in BATCH_NORMS and cfg.model.norm_layers  # batch statistics to sync or not
     if not bn and not b.sync:
@@ -299,7 +299,7 @@ def use(job: Job, cfg, device: torch.device) -> Job:
     job.backend = "nccl" if device.type == "cuda" else "gloo"
     if job.backend == "nccl":
         job.data = dist.new_group(backend="nccl", timeout=datetime.timedelta(seconds=timeout_seconds()))
-    from .options import BATCH_NORMS
+    from ..network.options import BATCH_NORMS
     job.sync = bool(cfg.bn.sync and cfg.model.norm in BATCH_NORMS and cfg.model.norm_layers)
     return job
 
@@ -307,7 +307,7 @@ def use(job: Job, cfg, device: torch.device) -> Job:
 def prepare_model(job: Job, model: nn.Module) -> nn.Module:
     """Make ``model``'s BN layers synced over the data group when the job syncs them (in place)."""
     if job.distributed and job.sync:
-        from .sync_batchnorm import convert
+        from ..network.sync_batchnorm import convert
         model = convert(model, job.data)
     return model
 

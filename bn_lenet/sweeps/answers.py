@@ -1,11 +1,11 @@
 """The answer a sweep's report gives, in sentences with numbers from its runs: ``[report] answer = "NAME"``.
 
 Each answer is ``fn(sweep) -> list of markdown lines``, placed after the question (``sweep`` is
-sweep_report.load_sweep's dict: spec, out, points with their runs, metrics, lead). It may draw its own
+report.load_sweep's dict: spec, out, points with their runs, metrics, lead). It may draw its own
 figures into ``sweep["out"]``. A study with its own question adds its function to ANSWERS.
 
 This module is the registry: it imports every answer module, and no answer module imports it (nor the report
-that uses it, sweep_report.py); the pieces they share are in stats.py and answers_common.py.
+that uses it, report.py); the pieces they share are in stats.py and answers_common.py.
 """
 
 from . import answer_gradients, answer_lr, answer_test_stats, answers_affine, answers_variants
@@ -57,7 +57,7 @@ def _is(run: dict, status: str) -> bool:
 
 
 def compare(sweep: dict) -> list:
-    """The seed study: scratch BN vs nn.BatchNorm vs no BN (bn_lenet/study_report.py), one point per norm."""
+    """The seed study: scratch BN vs nn.BatchNorm vs no BN (bn_lenet/sweeps/study_report.py), one point per norm."""
     study = {p["values"]["model.norm"]: p["runs"] for p in sweep["points"]}
     if len(study) != len(sweep["points"]):
         raise ValueError("the compare answer needs one point per model.norm")
@@ -68,7 +68,7 @@ ANSWERS = {"generic": generic, "compare": compare}
 
 
 # {answer name: fn(sweep) -> str}: the answer in one line with its key number, for the index of every study
-# (bn_lenet/sweep_index.py); a study without one gets the generic best-point line there.
+# (bn_lenet/sweeps/index.py); a study without one gets the generic best-point line there.
 ONE_LINE = {}
 
 

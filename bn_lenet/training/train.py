@@ -27,9 +27,9 @@ from torch import nn
 from . import graph_step
 from .data import FashionMNIST, epoch_order, num_batches, to_float
 from .distributed import SINGLE, share
-from .errors import UserError
-from .model import bn_layers, gamma_beta, is_norm, moving_stats
-from .batchnorm import BatchNorm, channel_dims, ghost_sizes
+from ..errors import UserError
+from ..network.model import bn_layers, gamma_beta, is_norm, moving_stats
+from ..network.batchnorm import BatchNorm, channel_dims, ghost_sizes
 from .step import autocast, train_step
 
 PROGRESS_EVERY = 25
@@ -278,7 +278,7 @@ def local_model(model: nn.Module, job=SINGLE) -> nn.Module:
     work each process does on whole batches of its own (precise BN)."""
     if not job.distributed:
         return model
-    from .sync_batchnorm import local_copy
+    from ..network.sync_batchnorm import local_copy
     return local_copy(model)
 
 

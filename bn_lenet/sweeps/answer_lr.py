@@ -237,7 +237,7 @@ def lr_table(sweep: dict, norms: dict) -> list:
              "| lr | " + " | ".join(LABELS.get(n, n) for n in norms) + " |", "|---|" + "---|" * len(norms)]
     for lr in lrs:
         lines.append(f"| {lr:g} | " + " | ".join(cell(at[(n, lr)]) if (n, lr) in at else "" for n in norms) + " |")
-    figure = f"test_acc_vs_{'train.lr'.rpartition('.')[2]}.png"  # drawn by sweep_report.figures
+    figure = f"test_acc_vs_{'train.lr'.rpartition('.')[2]}.png"  # drawn by report.figures
     lines += ["", f"![final test accuracy against lr]({figure})", "",
               "Final test accuracy against lr (log axis), one line per norm: mean ± std over the finished seeds, one "
               "dot per seed, a red x per diverged run.", ""]

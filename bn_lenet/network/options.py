@@ -22,7 +22,7 @@ the key and why.
 
 from decimal import Decimal
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 NORMS = ("scratch", "torch", "none", "layer", "group")
 BATCH_NORMS = ("scratch", "torch")                 # the norms with batch and moving statistics

@@ -1,7 +1,7 @@
 """What the studies' answers share: finding a point, final and per-epoch figures over seeds, and one verdict on
 a difference that says whether it is beyond seed noise.
 
-A ``sweep`` is sweep_report.load_sweep's dict; a point is one of its ``points`` ({"id", "values", "runs"}).
+A ``sweep`` is report.load_sweep's dict; a point is one of its ``points`` ({"id", "values", "runs"}).
 Only finished runs are averaged; a diverged run (loss or weights inf/NaN) and a stuck one (finished at chance)
 are counted apart, because "it blew up" and "it never learned" are different answers.
 """
@@ -11,7 +11,7 @@ import statistics
 
 from .stats import describe, finished
 
-STUCK_ACC = 0.15  # the sweep report's threshold (sweep_report.STUCK_ACC); chance is 0.10
+STUCK_ACC = 0.15  # the sweep report's threshold (report.STUCK_ACC); chance is 0.10
 
 
 def find(sweep: dict, values: dict) -> dict | None:

@@ -11,10 +11,10 @@ from the network each point's config builds (model.from_config), never from a fi
 
 import torch
 
-from . import config as config_mod
+from ..training import config as config_mod
 from .answers_common import beyond_noise, diff_line, finals, find, loss_note, mean, ms, status_note
-from .model import bn_layers, count_parameters, from_config
-from .options import LAYERS
+from ..network.model import bn_layers, count_parameters, from_config
+from ..network.options import LAYERS
 from .stats import describe, finished
 
 BN_NORMS = {"scratch": "scratch BN", "torch": "nn.BatchNorm"}
@@ -161,7 +161,7 @@ def _beta_section(sweep: dict) -> list:
 
 
 def _draw_betas(sweep: dict) -> bool:
-    from .plots import _save, plt
+    from ..training.plots import _save, plt
     data = {}
     for norm in BN_NORMS:
         for keep in (True, False):
@@ -264,7 +264,7 @@ def _trained_section(sweep: dict) -> list:
 
 
 def _draw_trained(pooled: dict, path) -> None:
-    from .plots import _save, plt
+    from ..training.plots import _save, plt
     layers = list(dict.fromkeys(layer for layer, _ in pooled))
     fig, axes = plt.subplots(2, len(layers), figsize=(3.2 * len(layers), 5.4), squeeze=False)
     for col, layer in enumerate(layers):

@@ -217,7 +217,7 @@ def draw(points: list, out) -> None:
     """One panel per point, the three test accuracies per epoch: mean over finished seeds, min..max band."""
     if out is None:
         return
-    from . import plots
+    from ..training import plots
     plt = plots.plt
     shown = [p for p in points if finished(p["runs"])]
     if not shown:

@@ -57,7 +57,7 @@ def bn_params(params: dict, path, title: str = "") -> None:
     _save(fig, path)
 
 
-# --- comparisons over seeds (sweeps: bn_lenet/sweep_report.py, the seed study: study_report.py) ---------
+# --- comparisons over seeds (sweeps: bn_lenet/sweeps/report.py, the seed study: sweeps/study_report.py) --
 
 COLORS = {"scratch": "tab:blue", "torch": "tab:orange", "none": "tab:gray"}
 LABELS = {"scratch": "scratch BN", "torch": "nn.BatchNorm", "none": "no BN"}

@@ -29,10 +29,10 @@ from . import data as data_mod
 from . import distributed
 from . import tb_log
 from .distributed import SINGLE
-from .errors import UserError
+from ..errors import UserError
 from .files import (signal_for_tests, load_checkpoint, read_json, read_metrics, save_checkpoint, write_atomic,
                     write_json, write_jsonl, write_metrics)
-from .model import bn_params, from_config
+from ..network.model import bn_params, from_config
 from .provenance import environment
 from .train import Diverged, EpochStats, GradNorms, Interrupted, fit, make_optimizer, resolve_device, uses_tf32
 

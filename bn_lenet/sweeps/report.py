@@ -5,7 +5,7 @@ bn_*.json), so ``--report-only`` rebuilds it from committed data:
                   then <metric>_mean, _std, _min, _max of the final epoch's figures of the finished runs
                   (loss, train_acc, test_acc, then every other per-epoch metric the runs record), and
                   examples_per_sec_mean
-    report.md     the question, the answer (bn_lenet/sweep_answers.py), the table, the figures, how to
+    report.md     the question, the answer (bn_lenet/sweeps/answers.py), the table, the figures, how to
                   reproduce it, hardware, versions, compute time
     curves.png    per-epoch curves per point (mean over seeds, min..max band)
     <metric>_vs_<key>.png   the lead metrics against each numeric swept key, spread over seeds
@@ -19,11 +19,11 @@ import csv
 import math
 from pathlib import Path
 
-from . import plots
-from .files import read_json, read_metrics
+from ..training import plots
+from ..training.files import read_json, read_metrics
 from .stats import STUCK_ACC, describe, examples_per_sec, final_values, finished, pm
-from .sweep_answers import ANSWERS
-from .sweep_spec import toml_literal
+from .answers import ANSWERS
+from .spec import toml_literal
 
 NOT_METRICS = ("epoch", "examples_per_sec", "seconds")
 

@@ -11,7 +11,7 @@ generic table and figures. Every number and every judging word is computed from 
 
 from .answers_common import (at_epoch, beyond_noise, by_seed, diff_line, epoch_table, finals, find, gain_share,
                              loss_note, mean, ms, paired, pct, status_note)
-from .options import LAYERS
+from ..network.options import LAYERS
 from .stats import describe
 
 EARLY = (1, 2, 5)

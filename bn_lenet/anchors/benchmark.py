@@ -33,15 +33,15 @@ from pathlib import Path
 
 import torch
 
-from . import config as config_mod
-from . import data as data_mod
-from . import process
+from ..training import config as config_mod
+from ..training import data as data_mod
+from ..training import process
 from . import tutorial
-from .model import from_config
-from .data import num_batches
-from .train import fit, make_optimizer, resolve_device, set_fp32_math, sync, uses_tf32
+from ..network.model import from_config
+from ..training.data import num_batches
+from ..training.train import fit, make_optimizer, resolve_device, set_fp32_math, sync, uses_tf32
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TUTORIAL_NORMS = ("scratch", "torch")  # the tutorial's two runs; "none" is not one of them
 CONFIGS = {"scratch": "configs/scratch_bn.toml", "torch": "configs/torch_bn.toml", "none": "configs/no_bn.toml"}
 
@@ -49,7 +49,7 @@ CONFIGS = {"scratch": "configs/scratch_bn.toml", "torch": "configs/torch_bn.toml
 # --- the two loops, as runs that advance one epoch per next() -------------------------------------------
 
 def tutorial_run(norm, epochs, limit_batches, device, seed, root=None):
-    """The tutorial's loop (bn_lenet.tutorial): first yields setup seconds, then one row per epoch."""
+    """The tutorial's loop (bn_lenet.anchors.tutorial): first yields setup seconds, then one row per epoch."""
     started = time.perf_counter()
     torch.manual_seed(seed)
     train_iter, test_iter = tutorial.load_data_fashion_mnist(256, root)
@@ -84,7 +84,7 @@ def project_run(cfg, device):
 def startup_seconds() -> float:
     """A fresh interpreter importing what a run imports: the start-up every real run pays once."""
     t = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import torch, torchvision, bn_lenet.runs"], cwd=ROOT, check=True)
+    subprocess.run([sys.executable, "-c", "import torch, torchvision, bn_lenet.training.runs"], cwd=ROOT, check=True)
     return time.perf_counter() - t
 
 
@@ -169,7 +169,7 @@ def profile_step(cfg, device, steps=20, top=12) -> list:
     when train.compile is set): the ops with the most self time (``profile_time``: on the GPU where there is
     one), as [{op, self_ms_per_step, percent}]."""
     from torch.profiler import ProfilerActivity, profile
-    from .step import train_step
+    from ..training.step import train_step
     data = data_mod.load_dataset(cfg.data.root or None).to(device)
     torch.manual_seed(cfg.train.seed)
     model = from_config(cfg).to(device)
@@ -361,8 +361,8 @@ def add_arguments(p) -> None:
 
 def run_from_args(args, command: str) -> int:
     from . import benchmark_report
-    from .errors import UserError
-    from .provenance import environment
+    from ..errors import UserError
+    from ..training.provenance import environment
     norms = [n.strip() for n in args.norms.split(",") if n.strip()]
     if not norms or any(n not in CONFIGS for n in norms):
         raise UserError(f"--norms {args.norms!r}: give a comma-separated list of {', '.join(CONFIGS)}")
@@ -375,7 +375,7 @@ def run_from_args(args, command: str) -> int:
     compiled_too = args.compiled if args.compiled is not None else not args.quick
     device = resolve_device(args.device)
     # The benchmark's process trains (both loops, one after the other): on CPU, glibc keeps the memory each
-    # step frees (process-wide: ~1,000 fewer page faults per step, the same numbers; bn_lenet/process.py).
+    # step frees (process-wide: ~1,000 fewer page faults per step, the same numbers; bn_lenet/training/process.py).
     process.keep_freed_memory(device.type)
     env = environment(device)  # before the runs: the code that runs is the code this names
     started, t0, load_before = time.strftime("%Y-%m-%dT%H:%M:%S%z"), time.perf_counter(), os.getloadavg()

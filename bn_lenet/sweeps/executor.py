@@ -11,7 +11,7 @@ Executors:
   replaced and its run retried (it resumes from its checkpoint). A worker whose parent dies stops its run
   at the next batch (it is saved as interrupted). Ctrl-C / SIGTERM: every run stops at its next batch
   boundary and keeps its finished epochs.
-- ray: the same ``execute`` as Ray tasks (bn_lenet/sweep_ray.py).
+- ray: the same ``execute`` as Ray tasks (bn_lenet/sweeps/ray_executor.py).
 """
 
 import os
@@ -24,10 +24,10 @@ from collections import deque
 from multiprocessing import connection, get_context
 from pathlib import Path
 
-from . import config as config_mod
-from . import process
-from .errors import UserError
-from .files import read_json
+from ..training import config as config_mod
+from ..training import process
+from ..errors import UserError
+from ..training.files import read_json
 
 RETRIES = 2  # a run whose worker dies is started again this many times (each time it resumes)
 
@@ -65,8 +65,8 @@ _DATA = {}  # per worker process: the dataset, loaded once per data.root
 
 def execute(task: dict, log=None) -> dict:
     """Bring one run to an end (finished, diverged or interrupted) from whatever state it is in on disk."""
-    from . import data as data_mod
-    from . import runs
+    from ..training import data as data_mod
+    from ..training import runs
     run_dir, cfg, started = Path(task["dir"]), task["cfg"], time.perf_counter()
     result = {"dir": str(run_dir), "point": task["point"], "seed": task["seed"], "trained": False}
     prefix = f"{task['point']} seed-{task['seed']}: "
@@ -122,7 +122,7 @@ def _worker_main(conn, threads: int, parent: int) -> None:
         if task is None or _STOP:
             return
         # This worker process trains: on CPU, glibc keeps the memory each step frees (process-wide: ~1,000
-        # fewer page faults per step, the same numbers; bn_lenet/process.py). Once per task: tasks name devices.
+        # fewer page faults per step, the same numbers; bn_lenet/training/process.py). Once per task: tasks name devices.
         process.keep_freed_memory(task["cfg"].train.device)
         result = execute(task)
         try:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import DataError
+from ..errors import DataError
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 LOCAL_DIR = Path("data")

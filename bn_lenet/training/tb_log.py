@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError
-from .model import bn_layers, gamma_beta, moving_stats
+from ..errors import UserError
+from ..network.model import bn_layers, gamma_beta, moving_stats
 
 INSTALL = "pip install 'bn-lenet[tensorboard]'"
 

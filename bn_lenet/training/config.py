@@ -16,9 +16,9 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from . import options
-from .errors import ConfigError
-from .options import NORMS
+from ..network import options
+from ..errors import ConfigError
+from ..network.options import NORMS
 
 LR_SCHEDULES = ("constant", "cosine", "step")  # train.epoch_lr says what each does
 
@@ -78,13 +78,13 @@ class EvalConfig:
 
 @dataclass
 class DataConfig:
-    root: str = ""                 # folder with the four IDX files; "" = search (see bn_lenet/data.py)
+    root: str = ""                 # folder with the four IDX files; "" = search (see bn_lenet/training/data.py)
 
 
 @dataclass
 class LogConfig:
     grad_norms: bool = False       # grad_norms.jsonl: per epoch, mean gradient L2 norm of every weight, gamma, beta
-    tensorboard: bool = False      # also write TensorBoard event files into the run's tb/ (bn_lenet/tb_log.py);
+    tensorboard: bool = False      # also write TensorBoard event files into the run's tb/ (bn_lenet/training/tb_log.py);
                                    # needs the extra: pip install 'bn-lenet[tensorboard]'
 
 

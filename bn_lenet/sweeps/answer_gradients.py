@@ -1,6 +1,6 @@
 """The gradients study's answer (configs/sweeps/gradients.toml): does BN keep sigmoid LeNet's gradients
 alive? From each finished run's grad_norms.jsonl (log.grad_norms: per epoch, the mean over the epoch's steps
-of each parameter's gradient L2 norm; names as bn_lenet/train.py GradNorms gives them, e.g.
+of each parameter's gradient L2 norm; names as bn_lenet/training/train.py GradNorms gives them, e.g.
 ``conv1.conv.weight`` ... ``fc3.weight``), only the conv/linear weights are compared, the same five layers
 with and without BN.
 
@@ -195,7 +195,7 @@ def layer_table(points: list, grads: dict, layers: list) -> list:
 def draw(points: list, grads: dict, layers: list, out) -> bool:
     if out is None:
         return False
-    from . import plots
+    from ..training import plots
     plt = plots.plt
     fig, axes = plt.subplots(1, len(layers), figsize=(3.4 * len(layers), 3.6), squeeze=False)
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]

@@ -16,7 +16,7 @@ A spec file ``configs/sweeps/NAME.toml`` (the sweep's name is the file stem)::
     set = { "eval.precise_bn" = true }     # a point's own overrides, not part of its id
     [report]
     lead = ["test_acc"]                    # the metrics the report leads with (the first one ranks points)
-    answer = "compare"                     # optional: a study's own answer (bn_lenet/sweep_answers.py)
+    answer = "compare"                     # optional: a study's own answer (bn_lenet/sweeps/answers.py)
 
 Keys are config keys ``section.key``, quoted or as TOML dotted keys; values are TOML values, exactly what
 ``--set`` takes. The ad-hoc form ``bn-lenet sweep CONFIG --grid KEY=V1,V2 --seeds N`` builds the same spec.
@@ -34,8 +34,8 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from . import config as config_mod
-from .errors import ConfigError, UserError
+from ..training import config as config_mod
+from ..errors import ConfigError, UserError
 
 SPEC_KEYS = ("question", "title", "config", "seeds", "set", "grid", "points", "report")
 REPORT_KEYS = ("lead", "answer")
@@ -218,7 +218,7 @@ def check_spec(spec: dict) -> dict:
         lead = spec["report"]["lead"] = [lead]
     if not lead or not all(isinstance(m, str) for m in lead):
         raise UserError(f"[report] lead must be a list of metric names, e.g. [\"test_acc\"], got {lead!r}")
-    from .sweep_answers import ANSWERS
+    from .answers import ANSWERS
     if spec["report"]["answer"] not in ANSWERS:
         raise UserError(f"[report] answer = {spec['report']['answer']!r} is unknown; known: {', '.join(ANSWERS)}")
     for key in ["train.seed"]:

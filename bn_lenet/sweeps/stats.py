@@ -1,10 +1,10 @@
 """Statistics over seeds: describe a set of final figures, compare two sets without assuming a
 distribution (an exact permutation test; 5 seeds cannot check normality), and how much a curve swings.
 
-``final_values`` and ``pm`` are the pieces every report and answer shares (sweep_report.py, answer*.py).
+``final_values`` and ``pm`` are the pieces every report and answer shares (report.py, answer*.py).
 
 A run here is a dict with at least ``status`` and ``rows`` (its metrics per epoch), as the sweep report
-loads them (bn_lenet/sweep_report.py).
+loads them (bn_lenet/sweeps/report.py).
 """
 
 import itertools

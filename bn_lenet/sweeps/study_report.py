@@ -3,13 +3,14 @@ results/sweeps/compare/report.md and their figures, made only from the runs' fil
 
 Every number and every sentence that judges a number is computed here from the runs' files, so
 ``bn-lenet compare --report-only`` regenerates the same report from committed data. ``study`` is
-{norm: [run, ...]}, each run as bn_lenet/sweep_report.py loads it.
+{norm: [run, ...]}, each run as bn_lenet/sweeps/report.py loads it.
 """
 
 import statistics
 from pathlib import Path
 
-from . import plots, published
+from ..training import plots
+from .. import published
 from .stats import describe, final, finished, permutation_p, ranges_overlap, swing, welch_t
 
 # The tutorial's published final figures (V100 builds; sources in published.py), placed in our distribution.

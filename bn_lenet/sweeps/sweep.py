@@ -2,10 +2,10 @@
 
     OUT/sweep.json                        the resolved spec, every run and its status, provenance
     OUT/runs/<point id>/seed-<s>/         a run directory (what `bn-lenet run` writes), e.g. norm=scratch,lr=0.03
-    OUT/summary.csv, report.md, *.png     the report (bn_lenet/sweep_report.py)
+    OUT/summary.csv, report.md, *.png     the report (bn_lenet/sweeps/report.py)
 
 Idempotent: the plan comes from the spec, what is left to do from the run directories on disk
-(sweep_exec.run_state), so rerunning the command resumes a stopped sweep and trains nothing when all runs
+(executor.run_state), so rerunning the command resumes a stopped sweep and trains nothing when all runs
 are done. Everything is resolved and checked before anything is written: every run's config, that OUT
 holds no run this spec does not ask for or asks for differently, the dataset, the executor.
 """
@@ -15,13 +15,13 @@ import sys
 import time
 from pathlib import Path
 
-from . import data as data_mod
-from .errors import UserError
-from .files import read_json, write_json
-from .provenance import git_commit
-from .sweep_exec import run_state
-from .sweep_index import SWEEPS_DIR, write_index
-from .sweep_spec import resolve_runs
+from ..training import data as data_mod
+from ..errors import UserError
+from ..training.files import read_json, write_json
+from ..training.provenance import git_commit
+from .executor import run_state
+from .index import SWEEPS_DIR, write_index
+from .spec import resolve_runs
 
 
 
@@ -59,7 +59,7 @@ def plan(spec: dict, out: Path) -> list:
     planned = resolve_runs(spec, out)
     check_out(out, planned)
     if any(r["cfg"].log.tensorboard for r in planned):
-        from .tb_log import require
+        from ..training.tb_log import require
         require()  # without the extra: one error line now, not one per run
     for run in planned:
         run["state"] = run_state(run["dir"], run["cfg"])
@@ -88,7 +88,7 @@ def run_sweep(spec: dict, out, jobs=None, executor="local", ray_address=None, re
         jobs = jobs or default_jobs(len(todo), on_gpu)
         setup = {"executor": executor, "jobs": jobs, "threads_per_run": max(1, cores() // jobs)}
         if executor == "ray":
-            from .sweep_ray import connect_ray
+            from .ray_executor import connect_ray
             ray = connect_ray(ray_address, cpus=jobs * setup["threads_per_run"])
             setup["ray_address"] = ray_address or "a local instance"
     previous = read_json(out / "sweep.json") if (out / "sweep.json").is_file() else {}
@@ -110,10 +110,10 @@ def run_sweep(spec: dict, out, jobs=None, executor="local", ray_address=None, re
         tasks = [{"dir": str(r["dir"].resolve()), "cfg": r["cfg"], "point": r["point"], "seed": r["seed"],
                   "verbose": not quiet} for r in todo]
         if ray is not None:
-            from .sweep_ray import run_ray
+            from .ray_executor import run_ray
             completed = run_ray(ray, tasks, setup["threads_per_run"], on_result)
         else:
-            from .sweep_exec import run_local
+            from .executor import run_local
             completed = run_local(tasks, setup["jobs"], setup["threads_per_run"], on_result)
         # Every invocation that trained something, so the report can give the sweep's whole wall time.
         invocation.update(ended=time.strftime("%Y-%m-%dT%H:%M:%S%z"), wall_seconds=time.perf_counter() - clock,
@@ -160,14 +160,14 @@ def write_sweep_json(spec: dict, out: Path, planned: list, provenance: dict) -> 
 
 def write(spec: dict, out: Path, planned: list, provenance=None, report_command=None, reproduce="") -> int:
     """sweep.json (statuses as on disk now) and the report."""
-    from . import sweep_report
+    from .report import write_report
     previous = read_json(out / "sweep.json") if (out / "sweep.json").is_file() else {}
     provenance = dict(provenance or previous.get("provenance", {}))
     provenance.setdefault("reproduce", reproduce)
     if report_command:
         provenance.update(report_command=report_command, report_commit=git_commit())
     write_sweep_json(spec, out, planned, provenance)
-    path = sweep_report.write_report(spec, out, planned, provenance)
+    path = write_report(spec, out, planned, provenance)
     print(f"report: {path}")
     if any(r.get("cfg") is not None and r["cfg"].log.tensorboard for r in planned):
         write_tensorboard_hparams(out, planned)
@@ -180,8 +180,8 @@ def write_tensorboard_hparams(out: Path, planned: list) -> None:
     """With log.tensorboard on, every run already logged its curves under runs/<point>/seed-<s>/tb; this adds
     TensorBoard's HParams summary (the swept keys and the seed as hyperparameters, the final epoch's metrics),
     so `tensorboard --logdir OUT` shows the whole sweep as a table and in parallel coordinates."""
-    from . import tb_log
-    from .files import read_metrics
+    from ..training import tb_log
+    from ..training.files import read_metrics
     rows = []
     for r in planned:
         metrics = read_metrics(r["dir"])
@@ -197,7 +197,7 @@ def write_tensorboard_hparams(out: Path, planned: list) -> None:
 
 def spec_for(target: str, grid=(), seeds=None, sets=()) -> dict:
     """A spec from a spec file, or the ad-hoc form from a run config and --grid/--seeds."""
-    from .sweep_spec import is_config, read_toml, spec_from_args, spec_from_file
+    from .spec import is_config, read_toml, spec_from_args, spec_from_file
     if is_config(read_toml(target)):
         spec = spec_from_args(target, list(grid), 1 if seeds is None else seeds)
     else:
@@ -208,5 +208,5 @@ def spec_for(target: str, grid=(), seeds=None, sets=()) -> dict:
         if seeds is not None:  # a quick look with fewer seeds, or more of them
             spec["seeds"] = seeds
     spec["cli_set"] = list(sets)
-    from .sweep_spec import check_spec
+    from .spec import check_spec
     return check_spec(spec)

@@ -1,4 +1,4 @@
-"""The Ray executor: a sweep's runs as Ray tasks, each ``sweep_exec.execute`` (so a task whose worker dies is
+"""The Ray executor: a sweep's runs as Ray tasks, each ``executor.execute`` (so a task whose worker dies is
 retried, max_retries, and resumes from its checkpoint), on a local instance started here (localhost only,
 no dashboard) or on ``--ray-address``. Ray is an optional extra: ``pip install 'bn-lenet[ray]'``.
 """
@@ -7,9 +7,9 @@ import os
 import socket
 from pathlib import Path
 
-from . import process
-from .errors import UserError
-from .sweep_exec import RETRIES, execute
+from ..training import process
+from ..errors import UserError
+from .executor import RETRIES, execute
 
 
 def import_ray():
@@ -49,7 +49,7 @@ def connect_ray(address, cpus: int):
         # The local workers import this very code, even when another bn_lenet is installed in the venv.
         # Ray's processes take the environment they start with; ours is restored after.
         saved = os.environ.get("PYTHONPATH")
-        package_root = str(Path(__file__).resolve().parents[1])
+        package_root = str(Path(__file__).resolve().parents[2])
         os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, saved) if p)
         try:
             ray.init(num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
@@ -66,7 +66,7 @@ def _ray_task(task: dict) -> dict:
     import torch
     torch.set_num_threads(task["threads"])
     # This Ray worker process trains: on CPU, glibc keeps the memory each step frees (process-wide: ~1,000
-    # fewer page faults per step, the same numbers; bn_lenet/process.py).
+    # fewer page faults per step, the same numbers; bn_lenet/training/process.py).
     process.keep_freed_memory(task["cfg"].train.device)
     return execute(task, log=lambda _: None)
 

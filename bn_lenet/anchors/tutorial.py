@@ -10,7 +10,7 @@ training steps and leaves out data fetching and evaluation.
 Left out: the tutorial's live plot (``d2l.Animator``), drawn outside the timer. Not used by the project's
 own loop; do not import it from there.
 
-    python -m bn_lenet.tutorial --norm scratch --epochs 10
+    python -m bn_lenet.anchors.tutorial --norm scratch --epochs 10
 """
 
 import argparse
@@ -20,7 +20,7 @@ import time
 import torch
 from torch import nn
 
-from .data import torchvision_root
+from ..training.data import torchvision_root
 
 
 # --- the tutorial's scratch batch normalization, as published (its typos fixed) -------------------------
@@ -217,5 +217,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from .errors import run_main
+    from ..errors import run_main
     sys.exit(run_main(main))
