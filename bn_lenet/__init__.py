@@ -3,7 +3,7 @@
 The public API, for notebooks and scripts (README: "Use it from Python / a notebook")::
 
     train_lenet(config=None, overrides=(), out=None, plot=False, progress=None, data=None) -> RunResult
-    resolve(path=None, overrides=())          the config a run uses (bn_lenet.config.Config)
+    resolve(path=None, overrides=())          the config a run uses (bn_lenet.training.config.Config)
     load_dataset(root=None)                   Fashion-MNIST as uint8 tensors
     lenet(norm="scratch" | "torch" | "none")  the tutorial's network
     BatchNorm, batch_norm                     the from-scratch layer and its functional form
@@ -18,10 +18,10 @@ __version__ = "0.1.0"
 
 _EXPORTS = {  # name -> the module that defines it
     "train_lenet": "api", "RunResult": "api",
-    "resolve": "config",
-    "load_dataset": "data",
-    "lenet": "model", "bn_params": "model",
-    "BatchNorm": "batchnorm", "batch_norm": "batchnorm",
+    "resolve": "training.config",
+    "load_dataset": "training.data",
+    "lenet": "network.model", "bn_params": "network.model",
+    "BatchNorm": "network.batchnorm", "batch_norm": "network.batchnorm",
 }
 __all__ = ["__version__", *_EXPORTS]
 

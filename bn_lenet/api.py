@@ -32,8 +32,8 @@ def train_lenet(config=None, overrides=(), out=None, plot=False, progress=None, 
     progress:  a progress bar per epoch (the notebook's widget in Jupyter); None: in a notebook or a terminal
     data:      a dataset from load_dataset(), to load Fashion-MNIST once for many runs
     """
-    from . import config as config_mod
-    from . import runs
+    from .training import config as config_mod
+    from .training import runs
     from .live_plot import LivePlot, in_notebook, notebook_display
     if isinstance(config, config_mod.Config):
         cfg = config_mod.validate(config_mod.apply_overrides(copy.deepcopy(config), list(overrides)))

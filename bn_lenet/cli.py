@@ -50,14 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--get", action="store_true",
                       help="if missing: install Debian's package (as root) or download it with torchvision")
 
-    from .benchmark import add_arguments as add_benchmark_arguments
+    from .anchors.benchmark import add_arguments as add_benchmark_arguments
     add_benchmark_arguments(sub.add_parser("benchmark", help="time the tutorial's loop against the project's "
                                            "(results/benchmark/<device>.json and .md)"))
     return p
 
 
 def cmd_run(args) -> int:
-    from . import distributed
+    from .training import distributed
     if not distributed.in_torchrun():
         return _run(args, distributed.SINGLE)
     job = distributed.start()  # one of the processes of `torchrun -m bn_lenet run`
@@ -75,7 +75,7 @@ def cmd_run(args) -> int:
 
 
 def _run(args, job) -> int:
-    from . import config, distributed, launch, process, runs
+    from .training import config, distributed, launch, process, runs
     progress = not args.quiet and sys.stderr.isatty() and job.is_main
     to_stderr = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     with job.together():  # a bad command line or config stops every process of a job with the same error
@@ -95,7 +95,7 @@ def _run(args, job) -> int:
                 overrides.append(f"data.root={json.dumps(args.data_dir)}")
             cfg = config.resolve(args.config, overrides)
     # This process trains: on CPU, glibc keeps the memory each step frees (process-wide: ~1,000 fewer page
-    # faults per step, the same numbers; bn_lenet/process.py).
+    # faults per step, the same numbers; bn_lenet/training/process.py).
     process.keep_freed_memory(cfg.train.device)
     launched = job is distributed.SINGLE and launch.wanted(cfg)  # train.processes > 1: a torchrun job (launch.py)
     if args.resume:
@@ -135,9 +135,9 @@ def cmd_inspect(args) -> int:
 
 def _read_inspectable(run) -> dict:
     """What inspect shows of a run directory (or of a study's copy of one): BN parameters are required."""
-    from .config import load
-    from .options import describe
-    from .runs import read_json, read_metrics
+    from .training.config import load
+    from .network.options import describe
+    from .training.runs import read_json, read_metrics
     run = Path(run)
     if not (run / "bn_params.json").is_file():
         raise UserError(f"{run} is not a run directory with BN parameters (no bn_params.json); "
@@ -238,7 +238,7 @@ COMPARE_SPEC = Path(__file__).resolve().parents[1] / "configs" / "sweeps" / "com
 
 
 def cmd_sweep(args) -> int:
-    from .sweep import SWEEPS_DIR, run_sweep, spec_for
+    from .sweeps.sweep import SWEEPS_DIR, run_sweep, spec_for
     if args.jobs is not None and args.jobs < 1:
         raise UserError(f"--jobs {args.jobs}: give at least 1 worker process")
     if args.ray_address and args.executor != "ray":
@@ -264,7 +264,7 @@ def _compare_spec() -> Path:
 
 
 def cmd_data(args) -> int:
-    from . import data
+    from .training import data
     ds = data.get_dataset(args.data_dir) if args.get else data.load_dataset(args.data_dir)
     print(f"Fashion-MNIST OK in {ds.source}: train {tuple(ds.train_images.shape)}, test "
           f"{tuple(ds.test_images.shape)}, labels 0-9")
@@ -272,7 +272,7 @@ def cmd_data(args) -> int:
 
 
 def cmd_benchmark(args) -> int:
-    from . import benchmark
+    from .anchors import benchmark
     return benchmark.run_from_args(args, "python -m bn_lenet " + " ".join(sys.argv[1:]))
 
 

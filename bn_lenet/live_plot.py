@@ -40,7 +40,7 @@ class LivePlot:
 
     def __init__(self, title: str = "", show=None):
         from matplotlib.figure import Figure
-        from . import plots
+        from .training import plots
         self._draw = plots.draw_curves
         self.fig = Figure(figsize=(5, 3.5))
         self.ax = self.fig.subplots()

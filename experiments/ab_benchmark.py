@@ -68,7 +68,7 @@ def main(argv=None) -> int:
                 print(f"round {r + 1} {norm}: after/before {paired_ratio(got['after'][norm], got['before'][norm]):.3f}",
                       flush=True)
     sys.path.insert(0, str(ROOT))
-    from bn_lenet.provenance import cpu_model
+    from bn_lenet.training.provenance import cpu_model
     import torch
     norms = list(rounds[0]["after"])
     result = {

@@ -1,4 +1,4 @@
-"""Benchmark the tutorial's loop against the project's, in one process (see bn_lenet/benchmark.py).
+"""Benchmark the tutorial's loop against the project's, in one process (see bn_lenet/anchors/benchmark.py).
 
     python experiments/benchmark.py [--quick] [--set train.compile=true ...]   (same as `bn-lenet benchmark`)
 """
@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bn_lenet import benchmark  # noqa: E402
+from bn_lenet.anchors import benchmark  # noqa: E402
 from bn_lenet.errors import run_main  # noqa: E402
 
 

@@ -27,11 +27,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bn_lenet import config, data as data_mod, process, published, runs  # noqa: E402
+from bn_lenet.training import config, data as data_mod, process, runs  # noqa: E402
+from bn_lenet import published  # noqa: E402
 from bn_lenet.errors import run_main  # noqa: E402
 from bn_lenet.errors import UserError  # noqa: E402
-from bn_lenet.files import read_json  # noqa: E402
-from bn_lenet.train import resolve_device  # noqa: E402
+from bn_lenet.training.files import read_json  # noqa: E402
+from bn_lenet.training.train import resolve_device  # noqa: E402
 
 VARIANTS = {"scratch_bn": "configs/scratch_bn.toml", "torch_bn": "configs/torch_bn.toml"}
 # The tutorial's published runs (V100; sources in bn_lenet/published.py). Quoted, never measured here.
@@ -68,7 +69,7 @@ def main(argv=None) -> int:
         how = f"{len(cfgs)} `bn-lenet run` processes side by side, {threads} thread(s) each (--jobs {jobs})"
     else:
         # This process trains both runs: on CPU, glibc keeps the memory each step frees (process-wide: ~1,000
-        # fewer page faults per step, the same numbers; bn_lenet/process.py). The side-by-side runs above are
+        # fewer page faults per step, the same numbers; bn_lenet/training/process.py). The side-by-side runs above are
         # `bn-lenet run` processes, which set it themselves.
         process.keep_freed_memory(first.train.device)
         data = data_mod.load_dataset(first.data.root or None)  # read once, shared by both runs

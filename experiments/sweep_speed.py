@@ -27,8 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bn_lenet.provenance import cpu_model, git_commit  # noqa: E402
-from bn_lenet.sweep import cores  # noqa: E402
+from bn_lenet.training.provenance import cpu_model, git_commit  # noqa: E402
+from bn_lenet.sweeps.sweep import cores  # noqa: E402
 
 NORMS, LRS, SEEDS = ["scratch", "torch"], [0.1, 1.0], [0, 1, 2]
 PY = [sys.executable, "-m", "bn_lenet"]

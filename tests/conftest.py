@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from bn_lenet import data as data_mod
+from bn_lenet.training import data as data_mod
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,6 +1,6 @@
 """What several test files share: the real dataset with a smaller test set, in this process or in a child."""
 
-from bn_lenet.data import FashionMNIST
+from bn_lenet.training.data import FashionMNIST
 
 
 def small_test_set(d: FashionMNIST, n: int) -> FashionMNIST:
@@ -13,7 +13,7 @@ def child_script(test_images: int) -> str:
     examples, so a test can signal, kill or resume a real run in its own process."""
     return f"""
 import sys
-from bn_lenet import data
+from bn_lenet.training import data
 from bn_lenet.cli import main
 full = data.load_dataset
 def small(root=None):

@@ -1,12 +1,12 @@
-"""The batch_size and norm_kinds answers (bn_lenet/answers_batch.py), on small sweeps built here whose answers
+"""The batch_size and norm_kinds answers (bn_lenet/sweeps/answers_batch.py), on small sweeps built here whose answers
 are known by construction: synthetic per-run metrics, no training. No figure here is a claim about real runs."""
 
 import json
 import math
 
-from bn_lenet import answers_batch
-from bn_lenet.sweep_answers import ANSWERS, ONE_LINE
-from bn_lenet.sweep_report import is_stuck
+from bn_lenet.sweeps import answers_batch
+from bn_lenet.sweeps.answers import ANSWERS, ONE_LINE
+from bn_lenet.sweeps.report import is_stuck
 
 BATCHES = (16, 32, 64, 128, 256)
 

@@ -1,17 +1,17 @@
-"""The answers of the studies of issue 12 (bn_lenet/answers_affine.py, answers_variants.py) on small synthetic
+"""The answers of the studies of issue 12 (bn_lenet/sweeps/answers_affine.py, answers_variants.py) on small synthetic
 sweeps whose outcome is known by construction: run directories with the files a run writes (config.toml,
 metrics.jsonl, meta.json, bn_params.json), loaded as the sweep report loads them. No training."""
 
 import json
 from pathlib import Path
 
-from bn_lenet import config as config_mod
-from bn_lenet.answers_affine import bias_cancels, point_config
-from bn_lenet.files import write_json, write_metrics
-from bn_lenet.options import CHANNELS, LAYERS
-from bn_lenet.sweep_answers import ANSWERS, ONE_LINE
-from bn_lenet.sweep_report import load_sweep, write_report
-from bn_lenet.sweep_spec import point_ids, toml_literal
+from bn_lenet.training import config as config_mod
+from bn_lenet.sweeps.answers_affine import bias_cancels, point_config
+from bn_lenet.training.files import write_json, write_metrics
+from bn_lenet.network.options import CHANNELS, LAYERS
+from bn_lenet.sweeps.answers import ANSWERS, ONE_LINE
+from bn_lenet.sweeps.report import load_sweep, write_report
+from bn_lenet.sweeps.spec import point_ids, toml_literal
 
 SEEDS = (0, 1, 2)
 
@@ -181,8 +181,8 @@ def test_conventions_isolate_a_slow_momentum_that_only_hurts_early(tmp_path):
 
 def test_dropping_the_bias_removes_one_parameter_per_normalized_channel():
     """The four normalized layers have 6 + 16 + 120 + 84 = 226 output channels, one bias each."""
-    from bn_lenet.answers_affine import network
-    from bn_lenet.model import count_parameters
+    from bn_lenet.sweeps.answers_affine import network
+    from bn_lenet.network.model import count_parameters
     kept = count_parameters(network(config_mod.resolve("configs/scratch_bn.toml", ["model.bias=true"])))
     dropped = count_parameters(network(config_mod.resolve("configs/scratch_bn.toml", ["model.bias=false"])))
     assert kept - dropped == sum(CHANNELS.values()) == 226
@@ -263,7 +263,7 @@ def test_the_sweep_report_carries_a_study_answer_before_its_table(tmp_path):
 # --- the index ------------------------------------------------------------------------------------------
 
 def test_the_index_lists_every_study_with_its_one_line_answer_link_and_compute_time(tmp_path, monkeypatch):
-    from bn_lenet import sweep
+    from bn_lenet.sweeps import sweep
     monkeypatch.chdir(tmp_path)
     (tmp_path / "configs").symlink_to(Path(__file__).resolve().parents[1] / "configs")
     root = tmp_path / "results" / "sweeps"
@@ -283,7 +283,7 @@ def test_the_index_lists_every_study_with_its_one_line_answer_link_and_compute_t
 
 
 def test_a_sweep_outside_results_sweeps_leaves_no_index(tmp_path, monkeypatch):
-    from bn_lenet import sweep
+    from bn_lenet.sweeps import sweep
     monkeypatch.chdir(tmp_path)
     (tmp_path / "configs").symlink_to(Path(__file__).resolve().parents[1] / "configs")
     spec, out, planned = make_sweep(tmp_path / "elsewhere", "bias", bias_points(0.0))
@@ -292,7 +292,7 @@ def test_a_sweep_outside_results_sweeps_leaves_no_index(tmp_path, monkeypatch):
 
 
 def test_the_readme_list_is_replaced_between_its_markers_only(tmp_path):
-    from bn_lenet.sweep_index import BEGIN, END, update_readme
+    from bn_lenet.sweeps.index import BEGIN, END, update_readme
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{BEGIN}\n- stale line\n{END}\noutro\n")
     rows = [{"question": "Bias before BN", "report": "bias/report.md", "answer": "test acc 0.880"}]
@@ -315,7 +315,7 @@ def test_when_test_accuracy_swings_the_steadier_training_loss_still_tells_the_po
 
 
 def test_provenance_names_runs_another_sweep_trained_and_this_one_adopted():
-    from bn_lenet.sweep_report import adopted_lines
+    from bn_lenet.sweeps.report import adopted_lines
     own = {"meta": {"command": "/x/bn_lenet/__main__.py sweep configs/sweeps/batch_size.toml --quiet"}}
     other = {"meta": {"command": "/x/bn-lenet sweep configs/sweeps/norm_kinds.toml --quiet"}}
     sweep = {"spec": {"spec_file": "configs/sweeps/batch_size.toml"}, "runs": [own, own, other]}

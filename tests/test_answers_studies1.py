@@ -5,9 +5,9 @@ import json
 import math
 import statistics
 
-from bn_lenet import answer_gradients, answer_lr, answer_test_stats
-from bn_lenet.sweep_answers import ANSWERS, ONE_LINE
-from bn_lenet.sweep_report import is_stuck
+from bn_lenet.sweeps import answer_gradients, answer_lr, answer_test_stats
+from bn_lenet.sweeps.answers import ANSWERS, ONE_LINE
+from bn_lenet.sweeps.report import is_stuck
 
 
 def make_run(values: dict, seed: int, status: str = "finished", rows=None, directory=None) -> dict:
@@ -24,7 +24,7 @@ def final_rows(acc: float, loss: float = 0.4, epochs: int = 3) -> list:
 
 
 def make_sweep(points: list, lead=("test_acc",), out=None) -> dict:
-    """points: [(values, [run, ...]), ...] -> the dict sweep_report.load_sweep gives the answers."""
+    """points: [(values, [run, ...]), ...] -> the dict bn_lenet.sweeps.report.load_sweep gives the answers."""
     pts = [{"id": runs[0]["point"], "values": values, "runs": runs} for values, runs in points]
     return {"spec": {"name": "t"}, "out": out, "points": pts, "runs": [r for p in pts for r in p["runs"]],
             "lead": list(lead), "metrics": ["loss", "train_acc", "test_acc"], "keys": list(points[0][0])}
@@ -198,8 +198,8 @@ def test_test_stats_says_how_close_the_best_gets_when_none_meets_it():
 def grad_point(tmp_path, norm: str, activation: str, lr: float, first: float, last: float, acc: float) -> tuple:
     """3 seeds whose grad_norms.jsonl (GradNorms' own names for this norm) give conv1 ``first`` and fc3 ``last``
     at epoch 1 and half of each at epoch 2; the other weights 1.0, gamma/beta 1000 (never compared)."""
-    from bn_lenet.model import lenet
-    from bn_lenet.train import GradNorms
+    from bn_lenet.network.model import lenet
+    from bn_lenet.training.train import GradNorms
     names = GradNorms(lenet(norm)).names
     values = {"model.norm": norm, "model.activation": activation, "train.lr": lr}
     runs = []

@@ -13,8 +13,9 @@ import pytest
 import torch
 
 import bn_lenet
-from bn_lenet import live_plot, runs
-from bn_lenet.data import FashionMNIST
+from bn_lenet import live_plot
+from bn_lenet.training import runs
+from bn_lenet.training.data import FashionMNIST
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["train.limit_batches=3", "train.batch_size=64", "train.threads=1"]
@@ -31,7 +32,8 @@ def test_import_bn_lenet_is_light_and_gives_the_public_names():
             "print(light, sorted(n for n in bn_lenet.__all__ if getattr(bn_lenet, n, None) is None))")
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert p.stdout.split() == ["True", "[]"], p.stderr  # torch only once a name needs it; every name resolves
-    from bn_lenet import batchnorm, config, data, model
+    from bn_lenet.network import batchnorm, model
+    from bn_lenet.training import config, data
     assert (bn_lenet.BatchNorm, bn_lenet.batch_norm) == (batchnorm.BatchNorm, batchnorm.batch_norm)
     assert (bn_lenet.lenet, bn_lenet.bn_params, bn_lenet.resolve, bn_lenet.load_dataset) == \
         (model.lenet, model.bn_params, config.resolve, data.load_dataset)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from bn_lenet.batchnorm import BatchNorm, batch_norm
+from bn_lenet.network.batchnorm import BatchNorm, batch_norm
 
 SHAPES = {2: (32, 5), 4: (16, 3, 6, 6)}
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from bn_lenet import config
+from bn_lenet.training import config
 from bn_lenet.errors import ConfigError
 
 CONFIGS = sorted(Path(__file__).resolve().parents[1].glob("configs/*.toml"))

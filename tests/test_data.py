@@ -5,7 +5,7 @@ import gzip
 import pytest
 import torch
 
-from bn_lenet import data as data_mod
+from bn_lenet.training import data as data_mod
 from bn_lenet.errors import DataError
 
 

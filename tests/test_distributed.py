@@ -20,12 +20,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from bn_lenet import config, runs
-from bn_lenet.data import FashionMNIST
-from bn_lenet.distributed import Job, prepare_model, share
-from bn_lenet.model import lenet
-from bn_lenet.sync_batchnorm import synced_batch_norm
-from bn_lenet.train import evaluate, precise_test_acc, reestimate_bn, train_step
+from bn_lenet.training import config, runs
+from bn_lenet.training.data import FashionMNIST
+from bn_lenet.training.distributed import Job, prepare_model, share
+from bn_lenet.network.model import lenet
+from bn_lenet.network.sync_batchnorm import synced_batch_norm
+from bn_lenet.training.train import evaluate, precise_test_acc, reestimate_bn, train_step
 from helpers import child_script, small_test_set  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

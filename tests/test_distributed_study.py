@@ -1,6 +1,6 @@
 """The distributed study's machinery on a real tiny sweep: points of train.processes 1 and 2 (BN synced and
 local), 2 seeds, 2 epochs of 3 batches of 64. Each 2-process run is a real torchrun job (gloo on CPU) that
-the sweep's worker launches; the answer (bn_lenet/answer_distributed.py) is then read against figures taken
+the sweep's worker launches; the answer (bn_lenet/sweeps/answer_distributed.py) is then read against figures taken
 from the run directories here, never typed in.
 """
 
@@ -10,14 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from bn_lenet import answer_distributed, runs
-from bn_lenet.answers_common import by_seed, finals, mean, paired
+from bn_lenet.sweeps import answer_distributed
+from bn_lenet.training import runs
+from bn_lenet.sweeps.answers_common import by_seed, finals, mean, paired
 from bn_lenet.cli import main
-from bn_lenet.stats import examples_per_sec
-from bn_lenet.sweep import spec_for
-from bn_lenet.sweep_answers import ANSWERS, ONE_LINE
-from bn_lenet.sweep_report import load_sweep
-from bn_lenet.sweep_spec import resolve_runs
+from bn_lenet.sweeps.stats import examples_per_sec
+from bn_lenet.sweeps.sweep import spec_for
+from bn_lenet.sweeps.answers import ANSWERS, ONE_LINE
+from bn_lenet.sweeps.report import load_sweep
+from bn_lenet.sweeps.spec import resolve_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "scratch_bn.toml"

@@ -11,10 +11,10 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import update_bn
 
-from bn_lenet.batchnorm import BatchNorm
-from bn_lenet.data import epoch_order, to_float
-from bn_lenet.model import bn_layers, copy_weights, lenet, moving_stats
-from bn_lenet.train import evaluate, make_optimizer, precise_test_acc, reestimate_bn, train_step
+from bn_lenet.network.batchnorm import BatchNorm
+from bn_lenet.training.data import epoch_order, to_float
+from bn_lenet.network.model import bn_layers, copy_weights, lenet, moving_stats
+from bn_lenet.training.train import evaluate, make_optimizer, precise_test_acc, reestimate_bn, train_step
 
 PYTORCH_CONVENTIONS = {"momentum": 0.9, "unbiased": True}   # scratch momentum 0.9 == nn.BatchNorm momentum 0.1
 TIGHT = {"rtol": 1e-12, "atol": 1e-12}                      # float64: only rounding may differ

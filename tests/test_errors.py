@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bn_lenet import data as data_mod
+from bn_lenet.training import data as data_mod
 from bn_lenet.cli import main
 from bn_lenet.errors import ConfigError
 from test_data import idx_bytes, replace as put  # pytest puts tests/ on sys.path

@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from bn_lenet import config, graph_step, runs
-from bn_lenet.batchnorm import BatchNorm
-from bn_lenet.benchmark_report import device_kind
-from bn_lenet.data import FashionMNIST
+from bn_lenet.training import config, graph_step, runs
+from bn_lenet.network.batchnorm import BatchNorm
+from bn_lenet.anchors.benchmark_report import device_kind
+from bn_lenet.training.data import FashionMNIST
 from bn_lenet.errors import UserError
-from bn_lenet.model import lenet
-from bn_lenet.train import fit, make_optimizer, resolve_device, set_fp32_math, train_step
+from bn_lenet.network.model import lenet
+from bn_lenet.training.train import fit, make_optimizer, resolve_device, set_fp32_math, train_step
 
 pytestmark = pytest.mark.gpu
 

@@ -10,11 +10,11 @@ import dataclasses
 import pytest
 import torch
 
-from bn_lenet import config, graph_step
-from bn_lenet.data import FashionMNIST, to_float
+from bn_lenet.training import config, graph_step
+from bn_lenet.training.data import FashionMNIST, to_float
 from bn_lenet.errors import ConfigError
-from bn_lenet.model import lenet
-from bn_lenet.train import fit, make_optimizer, train_step
+from bn_lenet.network.model import lenet
+from bn_lenet.training.train import fit, make_optimizer, train_step
 
 
 @pytest.fixture
@@ -132,7 +132,7 @@ def test_config_key_is_off_by_default_and_typed():
 
 
 def test_benchmark_adds_a_graph_loop_on_cuda_only():
-    from bn_lenet.benchmark import loop_settings
+    from bn_lenet.anchors.benchmark import loop_settings
     cpu = loop_settings(["train.lr=0.5"], compiled_too=True, bf16_too=False, device=torch.device("cpu"))
     assert list(cpu) == ["project", "project+compile"]
     cuda = loop_settings(["train.lr=0.5"], compiled_too=True, bf16_too=True, device=torch.device("cuda"))

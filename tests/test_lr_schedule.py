@@ -4,10 +4,10 @@ import math
 
 import pytest
 
-from bn_lenet import config
+from bn_lenet.training import config
 from bn_lenet.errors import ConfigError
-from bn_lenet.train import epoch_lr, fit
-from bn_lenet.model import from_config
+from bn_lenet.training.train import epoch_lr, fit
+from bn_lenet.network.model import from_config
 
 
 def test_constant_is_the_tutorials_lr_every_epoch():

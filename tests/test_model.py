@@ -2,9 +2,9 @@ import pytest
 import torch
 from torch import nn
 
-from bn_lenet.batchnorm import BatchNorm
-from bn_lenet.model import bn_layers, bn_params, copy_weights, lenet
-from bn_lenet.pool import AvgPool2x2
+from bn_lenet.network.batchnorm import BatchNorm
+from bn_lenet.network.model import bn_layers, bn_params, copy_weights, lenet
+from bn_lenet.network.pool import AvgPool2x2
 
 
 def test_lenet_shapes_follow_the_tutorial():

@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bn_lenet import config
-from bn_lenet.batchnorm import BatchNorm, batch_norm
-from bn_lenet.model import bn_params, count_parameters, from_config, init_weights, lenet
-from bn_lenet.pool import AvgPool2x2
-from bn_lenet.train import fit, make_optimizer, train_step
+from bn_lenet.training import config
+from bn_lenet.network.batchnorm import BatchNorm, batch_norm
+from bn_lenet.network.model import bn_params, count_parameters, from_config, init_weights, lenet
+from bn_lenet.network.pool import AvgPool2x2
+from bn_lenet.training.train import fit, make_optimizer, train_step
 
 
 def build(*overrides):

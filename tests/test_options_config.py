@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bn_lenet import config, runs
+from bn_lenet.training import config, runs
 from bn_lenet.cli import main
 from bn_lenet.errors import ConfigError
 

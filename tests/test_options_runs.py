@@ -9,11 +9,11 @@ import pytest
 from helpers import small_test_set
 import torch
 
-from bn_lenet import config, plots, runs
+from bn_lenet.training import config, plots, runs
 from bn_lenet.cli import main
-from bn_lenet.data import FashionMNIST, epoch_order, to_float
-from bn_lenet.model import bn_layers, from_config, moving_stats
-from bn_lenet.train import batch_stats_test_acc, fit, make_optimizer, reestimate_bn
+from bn_lenet.training.data import FashionMNIST, epoch_order, to_float
+from bn_lenet.network.model import bn_layers, from_config, moving_stats
+from bn_lenet.training.train import batch_stats_test_acc, fit, make_optimizer, reestimate_bn
 
 QUICK = ["train.epochs=3", "train.limit_batches=3", "train.batch_size=64", "train.threads=1"]
 TEST_IMAGES = 500
@@ -91,7 +91,7 @@ def test_a_run_with_batch_stats_records_them_and_trains_exactly_as_without(tmp_p
 
 
 def test_the_epoch_line_shows_the_batch_stats_accuracy():
-    from bn_lenet.train import EpochStats
+    from bn_lenet.training.train import EpochStats
     line = runs.format_epoch(EpochStats(1, 0.5, 0.8, 0.7, 1000.0, 1.0, test_acc_batch_stats=0.75))
     assert "test acc (batch stats) 0.750" in line
 
@@ -104,7 +104,7 @@ def test_grad_norms_are_the_mean_over_the_epochs_steps_of_each_gradients_norm(sm
     torch.manual_seed(0)
     model = from_config(cfg)
     by_hand = copy.deepcopy(model)
-    from bn_lenet.train import GradNorms
+    from bn_lenet.training.train import GradNorms
     log = GradNorms(model)
     rows = []
     fit(model, small_data, cfg, grad_norms=log, on_epoch=lambda s: rows.append(log.row(s.epoch)))
@@ -194,7 +194,7 @@ def test_a_group_norm_run_keeps_gamma_beta_of_every_norm_layer_and_inspect_shows
     (["model.norm=none"], "bn: no norm layer"),
 ])
 def test_inspect_describes_the_effective_options(overrides, line):
-    from bn_lenet.options import describe
+    from bn_lenet.network.options import describe
     assert describe(config.resolve(None, overrides))[1] == line
 
 

@@ -5,10 +5,10 @@ changes a CPU run's numbers. fit() sets it, runs record it in meta.json as "tf32
 import pytest
 import torch
 
-from bn_lenet import config, train
-from bn_lenet.data import FashionMNIST
-from bn_lenet.model import lenet
-from bn_lenet.train import fit, set_fp32_math, uses_tf32
+from bn_lenet.training import config, train
+from bn_lenet.training.data import FashionMNIST
+from bn_lenet.network.model import lenet
+from bn_lenet.training.train import fit, set_fp32_math, uses_tf32
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda", 0)  # device objects: setting the flags needs no GPU
 

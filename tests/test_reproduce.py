@@ -66,7 +66,7 @@ def test_a_stop_reaches_both_side_by_side_runs_which_keep_their_epochs(tmp_path)
 
 
 def test_the_benchmark_times_the_real_reproduction_and_reads_its_results():
-    from bn_lenet.benchmark import time_reproduction
+    from bn_lenet.anchors.benchmark import time_reproduction
     r = time_reproduction(["train.device=cpu", "train.limit_batches=2", "train.epochs=1"])
     assert sorted(r["results"]) == ["scratch_bn", "torch_bn"]
     assert all(0 < m["loss"] < 3 and 0 <= m["test_acc"] <= 1 for m in r["results"].values())

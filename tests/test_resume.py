@@ -2,7 +2,7 @@
 
 Runs are short: 3 epochs of 3 batches of 64, evaluated on the first 500 test images (evaluation would
 dominate otherwise), and no figures except in the child processes. Exact moments to stop a run come from the
-test hook in bn_lenet/files.py (BN_LENET_TEST_SIGNAL="SIG@point": the run sends itself SIG there); for one kill
+test hook in bn_lenet/training/files.py (BN_LENET_TEST_SIGNAL="SIG@point": the run sends itself SIG there); for one kill
 the child stops itself (SIGSTOP) and this process sends the SIGKILL.
 """
 
@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from bn_lenet import config, plots, runs
+from bn_lenet.training import config, plots, runs
 from bn_lenet.cli import main
-from bn_lenet.data import FashionMNIST
+from bn_lenet.training.data import FashionMNIST
 from helpers import child_script, small_test_set  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,11 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bn_lenet import batchnorm, config
-from bn_lenet.data import FashionMNIST, epoch_order, num_batches, to_float
-from bn_lenet.model import lenet
-from bn_lenet.process import keep_freed_memory
-from bn_lenet.train import fit, train_step
+from bn_lenet.network import batchnorm
+from bn_lenet.training import config
+from bn_lenet.training.data import FashionMNIST, epoch_order, num_batches, to_float
+from bn_lenet.network.model import lenet
+from bn_lenet.training.process import keep_freed_memory
+from bn_lenet.training.train import fit, train_step
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -160,7 +161,7 @@ def test_benchmark_quick_mode_writes_a_table_and_both_files(tmp_path):
 
 
 def test_ratios_pair_the_rounds_both_runs_measured_so_a_slow_spell_later_does_not_count():
-    from bn_lenet.benchmark import ratios
+    from bn_lenet.anchors.benchmark import ratios
 
     def v(loop, norm, rates):
         return {"loop": loop, "norm": norm, "examples_per_sec_per_epoch": rates}
@@ -175,7 +176,7 @@ def test_ratios_pair_the_rounds_both_runs_measured_so_a_slow_spell_later_does_no
 def test_the_profile_ranks_ops_by_gpu_time_on_cuda_and_by_cpu_time_on_cpu():
     from types import SimpleNamespace as Event
     from torch.autograd import DeviceType
-    from bn_lenet.benchmark import profile_time, top_ops
+    from bn_lenet.anchors.benchmark import profile_time, top_ops
     assert profile_time(torch.device("cuda", 1)) == "self_device_time_total"
     assert profile_time(torch.device("cpu")) == "self_cpu_time_total"
     cpu, gpu = DeviceType.CPU, DeviceType.CUDA
@@ -200,7 +201,8 @@ def test_the_profile_ranks_ops_by_gpu_time_on_cuda_and_by_cpu_time_on_cpu():
 
 
 def test_the_malloc_setting_is_made_where_a_process_starts_not_by_the_library(monkeypatch, tmp_path, fashion_mnist):
-    from bn_lenet import api, cli, process
+    from bn_lenet import api, cli
+    from bn_lenet.training import process
     calls = []
     monkeypatch.setattr(process, "keep_freed_memory", lambda device="cpu": calls.append(device))
     quick = ["train.epochs=1", "train.limit_batches=2", "train.batch_size=64", "train.device=cpu"]

@@ -1,4 +1,4 @@
-"""The seed study (the compare sweep: configs/sweeps/compare.toml, its answer in bn_lenet/study_report.py),
+"""The seed study (the compare sweep: configs/sweeps/compare.toml, its answer in bn_lenet/sweeps/study_report.py),
 `bn-lenet compare` and `bn-lenet inspect`, on a tiny study: 2 seeds x {scratch, torch, none}, 2 epochs of 2
 batches on a 512-example slice of the real data."""
 
@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from bn_lenet import runs, stats, sweep_exec
+from bn_lenet.training import runs
+from bn_lenet.sweeps import executor, stats
 from bn_lenet.cli import main
-from bn_lenet.data import FashionMNIST
-from bn_lenet.sweep import spec_for
-from bn_lenet.sweep_spec import resolve_runs
-from bn_lenet.sweep_answers import compare as compare_answer
+from bn_lenet.training.data import FashionMNIST
+from bn_lenet.sweeps.sweep import spec_for
+from bn_lenet.sweeps.spec import resolve_runs
+from bn_lenet.sweeps.answers import compare as compare_answer
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "configs" / "sweeps" / "compare.toml"
@@ -167,7 +168,7 @@ def test_inspect_a_run_without_bn(tiny, capsys):
 
 def test_an_interrupted_run_is_resumed_and_an_empty_one_restarted(tiny, tmp_path, monkeypatch):
     _, data = tiny
-    monkeypatch.setitem(sweep_exec._DATA, None, data)  # what a worker loads once, here the slice
+    monkeypatch.setitem(executor._DATA, None, data)  # what a worker loads once, here the slice
     spec = spec_for(str(SPEC), seeds=1, sets=TINY)
     run = resolve_runs(spec, tmp_path)[0]
     task = {"dir": str(run["dir"]), "cfg": run["cfg"], "point": run["point"], "seed": 0, "verbose": True}
@@ -178,15 +179,15 @@ def test_an_interrupted_run_is_resumed_and_an_empty_one_restarted(tiny, tmp_path
 
     first = runs.train_run(run["cfg"], out=run["dir"], data=data, log=sigterm_after_epoch_1)
     assert first["status"] == "interrupted" and first["epochs_done"] == 1
-    assert sweep_exec.run_state(run["dir"], run["cfg"]) == "resume"
+    assert executor.run_state(run["dir"], run["cfg"]) == "resume"
     log = []
-    assert sweep_exec.execute(task, log=log.append)["status"] == "finished"
+    assert executor.execute(task, log=log.append)["status"] == "finished"
     assert any("resuming" in line for line in log)
     assert [r["epoch"] for r in runs.read_metrics(run["dir"])] == [1, 2]
-    assert sweep_exec.run_state(run["dir"], run["cfg"]) == "done"
+    assert executor.run_state(run["dir"], run["cfg"]) == "done"
     # Stopped before its first epoch ended: no checkpoint, so it starts again from nothing.
     (run["dir"] / "checkpoint.pt").unlink()
     runs.write_json(run["dir"] / "meta.json", dict(runs.read_json(run["dir"] / "meta.json"), status="running"))
-    assert sweep_exec.run_state(run["dir"], run["cfg"]) == "restart"
-    assert sweep_exec.execute(task, log=lambda _: None)["status"] == "finished"
+    assert executor.run_state(run["dir"], run["cfg"]) == "restart"
+    assert executor.execute(task, log=lambda _: None)["status"] == "finished"
     assert "resumed" not in runs.read_json(run["dir"] / "meta.json")

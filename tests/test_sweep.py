@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from bn_lenet import runs
+from bn_lenet.training import runs
 from bn_lenet.cli import main
-from bn_lenet.sweep_spec import point_ids, split_values
+from bn_lenet.sweeps.spec import point_ids, split_values
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "scratch_bn.toml"

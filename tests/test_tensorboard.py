@@ -2,7 +2,7 @@
 file loader, the event multiplexer its HParams plugin reads from), never with our code.
 
 Runs are short: 2 or 3 epochs of 3 batches of 64, evaluated on the first 500 test images. The resumed run is
-killed for real (SIGKILL from the test hook in bn_lenet/files.py) after it logged an epoch it had not saved.
+killed for real (SIGKILL from the test hook in bn_lenet/training/files.py) after it logged an epoch it had not saved.
 """
 
 import json
@@ -21,8 +21,8 @@ from tensorboard.backend.event_processing.plugin_event_multiplexer import EventM
 from tensorboard.plugins.hparams import metadata as hp_metadata  # noqa: E402
 from tensorboard.util import tensor_util  # noqa: E402
 
-from bn_lenet import config, plots, runs, tb_log  # noqa: E402
-from bn_lenet.data import FashionMNIST  # noqa: E402
+from bn_lenet.training import config, plots, runs, tb_log  # noqa: E402
+from bn_lenet.training.data import FashionMNIST  # noqa: E402
 from helpers import child_script, small_test_set  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
