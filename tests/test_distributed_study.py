@@ -124,3 +124,11 @@ def test_the_answer_gives_the_jobs_examples_per_second_and_the_cores(spec, swept
     assert f"These runs had {len(os.sched_getaffinity(0))} CPU cores" in text
     line = answer_distributed.one_line(sweep)
     assert line.startswith("final test acc: local minus synced BN at 2 processes") and "examples/s" in line
+
+
+def test_synced_against_one_process_is_called_rounding_only_while_the_loss_gap_stays_at_rounding_size():
+    same = answer_distributed.same_or_not
+    assert same([0.0, 0.0], [2e-6, 1e-6], [5e-6, 4e-6]).startswith("the same computation, every seed's final")
+    assert "up to float rounding" in same([0.0001, -0.0001], [4e-6, 1e-6], [7e-6, 5e-6])
+    assert "at most 0.0001 in any seed" in same([0.0001, -0.0001], [4e-6, 1e-6], [7e-6, 5e-6])
+    assert "grows over the epochs" in same([0.01, -0.02], [3e-3, 1e-3], [7e-6, 5e-6])
