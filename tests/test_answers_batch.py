@@ -236,3 +236,11 @@ def test_batch_size_names_a_fall_at_the_largest_batch_and_who_loses_least():
             "± 0.005 (n=3), below its best") in text
     assert "GroupNorm 0.730 ± 0.005 (n=3), below its best 0.880 ± 0.005 (n=3) at batch 16" in text
     assert "BN loses the least there (0.040 below its best)." in text
+
+
+def test_batch_size_one_line_names_the_fall_at_the_largest_batch():
+    sweep = make_sweep([point("scratch", 16, seeds(0.89)), point("scratch", 1024, seeds(0.85)),
+                        point("group", 16, seeds(0.88)), point("group", 1024, seeds(0.73))])
+    assert answers_batch.batch_size_one_line(sweep) == ("BN holds down to batch 16, BN 0.890 at batch 16, GroupNorm "
+                                                        "0.880 at batch 16, at batch 1024 (lr 4) BN 0.850, "
+                                                        "GroupNorm 0.730")

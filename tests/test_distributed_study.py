@@ -123,7 +123,8 @@ def test_the_answer_gives_the_jobs_examples_per_second_and_the_cores(spec, swept
             (name, text)
     assert f"These runs had {len(os.sched_getaffinity(0))} CPU cores" in text
     line = answer_distributed.one_line(sweep)
-    assert line.startswith("final test acc: local minus synced BN at 2 processes") and "examples/s" in line
+    assert line.startswith("test acc, local minus synced BN ") and " at 2 processes; synced minus 1 process " in line
+    assert "fastest " in line and "examples/s), slowest " in line
 
 
 def test_synced_against_one_process_is_called_rounding_only_while_the_loss_gap_stays_at_rounding_size():

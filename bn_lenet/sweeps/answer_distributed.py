@@ -157,17 +157,17 @@ def table(points: dict) -> list:
 
 
 def one_line(sweep: dict) -> str:
+    """Local minus synced per process count, synced against 1 process, and the fastest and slowest job."""
     points = by_key(sweep)
-    parts = []
-    for n in sorted({p for p, _ in points if p > 1}):
-        synced, local = points.get((n, True)), points.get((n, False))
-        if synced and local and finals(synced) and finals(local):
-            parts.append(f"local minus synced BN at {n} processes {mean(finals(local)) - mean(finals(synced)):+.3f}")
-    for n in sorted({p for p, _ in points if p > 1}):
-        synced, one = points.get((n, True)), points.get((1, True))
-        if synced and one and finals(synced) and finals(one):
-            parts.append(f"{n} synced minus 1 process {mean(finals(synced)) - mean(finals(one)):+.3f}")
-    rates = [f"{label(k)} {describe(speeds(p))['mean']:,.0f}" for k, p in sorted(points.items()) if speeds(p)]
-    if rates:
-        parts.append("examples/s " + ", ".join(rates))
-    return ("final test acc: " + "; ".join(parts)) if parts else "no run finished yet"
+    counts = sorted({p for p, _ in points if p > 1})
+    local = [f"{mean(finals(points[(n, False)])) - mean(finals(points[(n, True)])):+.3f} at {n} processes"
+             for n in counts if finals(points.get((n, True))) and finals(points.get((n, False)))]
+    same = [f"{mean(finals(points[(n, True)])) - mean(finals(points[(1, True)])):+.3f} at {n}"
+            for n in counts if finals(points.get((n, True))) and finals(points.get((1, True)))]
+    rates = sorted((describe(speeds(p))["mean"], label(k)) for k, p in points.items() if speeds(p))
+    parts = (["test acc, local minus synced BN " + ", ".join(local)] if local else []) + \
+            (["synced minus 1 process " + ", ".join(same)] if same else [])
+    if len(rates) > 1:
+        parts.append(f"fastest {rates[-1][1]} ({rates[-1][0]:,.0f} examples/s), slowest {rates[0][1]} "
+                     f"({rates[0][0]:,.0f})")
+    return "; ".join(parts) if parts else "no run finished yet"

@@ -352,6 +352,11 @@ def batch_size_one_line(sweep: dict) -> str:
     for norm in ("scratch", "group", "layer"):
         if norm in curves and small in curves[norm] and finals(curves[norm][small]):
             parts.append(f"{name(norm)} {mean(finals(curves[norm][small])):.3f} at batch {small}")
+    large = max(max(c) for c in curves.values())
+    fell = [n for n, c in curves.items() if large in c and large != best_batch(c) and (drop(c, large) or {}).get("short")]
+    if fell:
+        parts.append(f"at batch {large} (lr {large / 256:g}) " + ", ".join(
+            f"{name(n)} {mean(finals(curves[n][large])):.3f}" for n in fell if finals(curves[n][large])))
     n = not_done(sweep)
     return ", ".join(parts) + (f" (provisional: {n} runs not done)" if n else "")
 
