@@ -32,6 +32,7 @@ from pathlib import Path
 from . import config as config_mod
 from ..errors import UserError
 from .files import read_json, write_json
+from .process import stop_signals_to
 
 COMMAND_ENV = "BN_LENET_COMMAND"  # the command the user typed, recorded in meta.json by the job's rank 0
 
@@ -93,17 +94,8 @@ def passing_stops_to(proc):
             sent.append(True)
             proc.send_signal(signal.SIGTERM)
 
-    saved = {}
-    try:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            saved[sig] = signal.signal(sig, handler)
-    except ValueError:  # not the main thread: signals stay as they are
-        pass
-    try:
+    with stop_signals_to(handler):
         yield sent
-    finally:
-        for sig, old in saved.items():
-            signal.signal(sig, old)
 
 
 def train(cfg, run_dir: Path, resume: bool, log=print, log_error=print) -> tuple:

@@ -4,6 +4,8 @@ that calls ``bn_lenet.train_lenet`` or ``train.fit`` keeps its own process as it
 """
 
 import ctypes
+import signal
+from contextlib import contextmanager
 
 
 def trains_on_cpu(device: str) -> bool:
@@ -30,3 +32,21 @@ def keep_freed_memory(device: str = "cpu") -> bool:
         return bool(libc.mallopt(M_MMAP_THRESHOLD, 1 << 30) and libc.mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1))
     except (OSError, AttributeError):  # not glibc: nothing to tune
         return False
+
+
+@contextmanager
+def stop_signals_to(handler):
+    """Inside the block, Ctrl-C (SIGINT) and SIGTERM call ``handler(signum, frame)`` instead of their default;
+    the previous handlers come back after it. Only the main thread may set handlers: elsewhere the signals stay
+    as they are."""
+    saved = {}
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            saved[sig] = signal.signal(sig, handler)
+    except ValueError:
+        pass
+    try:
+        yield
+    finally:
+        for sig, old in saved.items():
+            signal.signal(sig, old)

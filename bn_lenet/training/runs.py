@@ -17,7 +17,6 @@ checkpoint resumes from the start.
 
 import itertools
 import os
-import signal
 import sys
 import time
 from contextlib import contextmanager
@@ -35,6 +34,7 @@ from ..errors import UserError
 from .files import (signal_for_tests, load_checkpoint, read_json, read_metrics, save_checkpoint, write_atomic,
                     write_json, write_jsonl, write_metrics)
 from ..network.model import bn_params, from_config
+from .process import stop_signals_to
 from .provenance import environment
 from .train import Diverged, EpochStats, GradNorms, Interrupted, fit, make_optimizer, resolve_device, uses_tf32
 
@@ -82,17 +82,8 @@ def stop_on_signals():
     def handler(signum, _frame):
         flag["stop"] = True
 
-    saved = {}
-    try:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            saved[sig] = signal.signal(sig, handler)
-    except ValueError:  # not the main thread: signals stay as they are
-        pass
-    try:
+    with stop_signals_to(handler):
         yield lambda: flag["stop"]
-    finally:
-        for sig, old in saved.items():
-            signal.signal(sig, old)
 
 
 def _set_threads(cfg) -> None:
