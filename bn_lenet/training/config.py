@@ -163,16 +163,19 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
-def check_processes(cfg: Config, cuda: bool | None = None) -> None:
-    """What a job of train.processes > 1 cannot do, refused before anything is launched (the torchrun job
-    checks them again, with the data, in distributed.check). ``cuda``: whether a GPU is visible, to settle
-    train.device = "auto" (None: not known here, only an explicit "cpu" is known to be the CPU)."""
-    t, n = cfg.train, cfg.train.processes
+def check_processes(cfg: Config, cuda: bool | None = None, world: int | None = None) -> None:
+    """What a data-parallel job cannot do with this config, as one error before anything trains. Called before
+    a job of train.processes > 1 is launched, and by every process of a torchrun job (distributed.check, with
+    ``world`` = the job's size, which then also checks the last batch against the data). ``cuda``: whether a GPU
+    is visible, to settle train.device = "auto" (None: not known, only an explicit "cpu" is known to be the CPU)."""
+    t, n = cfg.train, world or cfg.train.processes
+    where = f"train.processes = {n}" if world is None else f"a torchrun job of {n} processes"
     for key, on in (("train.compile", t.compile), ("train.cuda_graph", t.cuda_graph)):
         if on:
-            raise ConfigError(f"{key} = true cannot be used with train.processes = {n} (DDP's and synced BN's "
-                              f"collectives are outside the compiled step); set {key}=false or train.processes=1")
-    if t.device.startswith("cuda:"):
+            raise ConfigError(f"{key} = true cannot be used with {where} (DDP's and synced BN's collectives are "
+                              f"outside the compiled step); set {key}=false"
+                              + (" or train.processes=1" if world is None else ""))
+    if world is None and t.device.startswith("cuda:"):
         raise ConfigError(f"train.device = {t.device!r} with train.processes = {n}: each process uses the GPU of "
                           f"its local rank; use train.device=cuda (or auto)")
     batch_stats = cfg.model.norm in options.BATCH_NORMS and cfg.model.norm_layers
@@ -181,11 +184,11 @@ def check_processes(cfg: Config, cuda: bool | None = None) -> None:
                           f"(nothing to sync); drop it")
     on_cpu = t.device == "cpu" or (t.device == "auto" and cuda is False)
     if cfg.model.norm == "torch" and cfg.bn.sync and on_cpu:
-        raise ConfigError(f"model.norm = torch with bn.sync = true and train.processes = {n} needs CUDA: "
-                          f"nn.SyncBatchNorm only runs on GPUs (NCCL). On CPU use model.norm=scratch (our BN syncs "
-                          f"over gloo too) or bn.sync=false")
+        raise ConfigError(f"model.norm = torch with bn.sync = true and {where} needs CUDA: nn.SyncBatchNorm only "
+                          f"runs on GPUs (NCCL). On CPU use model.norm=scratch (our BN syncs over gloo too) or "
+                          f"bn.sync=false")
     need = 2 if batch_stats and not cfg.bn.sync else 1  # local BN normalizes each slice: 2 values per channel
-    if t.batch_size // n < need:
+    if world is None and t.batch_size // n < need:  # (in the job: distributed.check, with the last batch)
         raise ConfigError(f"train.batch_size = {t.batch_size} over train.processes = {n} leaves a process "
                           f"{t.batch_size // n} example(s) of a batch; each needs at least {need}"
                           f"{' (local BN, bn.sync=false)' if need == 2 else ''}: use a larger train.batch_size or "

@@ -260,6 +260,7 @@ def device_for(job: Job, name: str) -> torch.device:
 
 def check(cfg, job: Job, device: torch.device, train_examples: int) -> None:
     """What a torchrun job cannot do with this config, as one error before anything is trained."""
+    from .config import check_processes
     from .data import num_batches
     from ..network.options import BATCH_NORMS
     t, b = cfg.train, cfg.bn
@@ -267,22 +268,13 @@ def check(cfg, job: Job, device: torch.device, train_examples: int) -> None:
         raise ConfigError(f"train.processes = {t.processes} but this torchrun job has {job.world} processes: "
                           f"give torchrun --nproc-per-node {t.processes}, or leave train.processes at 1 (then "
                           f"a torchrun job takes the processes torchrun gives it)")
+    check_processes(cfg, cuda=device.type == "cuda", world=job.world)
     bn = cfg.model.norm in BATCH_NORMS and cfg.model.norm_layers  # batch statistics to sync or not
-    if not bn and not b.sync:
-        raise ConfigError(f"bn.sync = false has no effect: model.norm = {cfg.model.norm} has no batch statistics "
-                          f"(nothing to sync); drop it")
-    if cfg.model.norm == "torch" and b.sync and device.type != "cuda":
-        raise ConfigError("model.norm = torch with bn.sync = true needs CUDA: nn.SyncBatchNorm only runs on GPUs "
-                          "(NCCL). On CPU use model.norm=scratch (our BN syncs over gloo too) or bn.sync=false")
     if bn and b.sync and (b.ghost_batch or b.normalize != "full"):
         key, value = ("bn.ghost_batch", b.ghost_batch) if b.ghost_batch else ("bn.normalize", b.normalize)
         raise ConfigError(f"{key} = {value!r} with bn.sync = true: synced BN normalizes the whole global batch "
                           f"(full normalization only); use bn.sync=false (each process normalizes its own slice, "
                           f"with {key} inside it) or drop {key}")
-    for key, on in (("train.compile", t.compile), ("train.cuda_graph", t.cuda_graph)):
-        if on:
-            raise ConfigError(f"{key} = true is not supported in a torchrun job (DDP's and synced BN's collectives "
-                              f"are outside the compiled step); set {key}=false")
     batches = num_batches(train_examples, t.batch_size, t.limit_batches)
     last = min(t.batch_size, train_examples - (batches - 1) * t.batch_size)
     need = 2 if bn and not cfg.bn.sync else 1  # local BN normalizes each slice: 2 values per channel
