@@ -23,3 +23,34 @@ def small(root=None):
 data.load_dataset = small
 sys.exit(main(sys.argv[1:]))
 """
+
+
+def fake_sweep(folder, spec_text: str, outcome) -> tuple:
+    """A sweep whose run directories are written by hand, as a finished sweep leaves them, so the analysis can
+    be checked on known numbers: ``outcome(values, seed)`` gives a run's per-epoch rows (a list of dicts with
+    at least loss and test_acc), or "diverged". Returns (spec file, OUT)."""
+    import json
+    from pathlib import Path
+
+    from bn_lenet.sweeps.spec import resolve_runs, spec_from_file
+    from bn_lenet.training import config as config_mod
+
+    folder = Path(folder)
+    spec_file, out = folder / "spec.toml", folder / "out"
+    spec_file.write_text(spec_text)
+    for run in resolve_runs(spec_from_file(spec_file), out):
+        rows = outcome(run["values"], run["seed"])
+        run["dir"].mkdir(parents=True)
+        (run["dir"] / "config.toml").write_text(config_mod.to_toml(run["cfg"]))
+        status = "diverged" if rows == "diverged" else "finished"
+        rows = [] if rows == "diverged" else rows
+        (run["dir"] / "meta.json").write_text(json.dumps({"status": status}))
+        full = [{"epoch": i, "train_acc": r.get("test_acc", 0.5), "examples_per_sec": 1000.0, "seconds": 1.0, **r}
+                for i, r in enumerate(rows, 1)]
+        (run["dir"] / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in full))
+    return spec_file, out
+
+
+def epochs(*test_accs, loss: float = 0.3) -> list:
+    """Per-epoch rows with these test accuracies and a constant training loss."""
+    return [{"loss": loss, "test_acc": a} for a in test_accs]

@@ -7,14 +7,14 @@ folder is under results/sweeps/ rewrites it at the end of its report step (bn_le
 ``--report-only`` rebuild refreshes it too); by hand: ``python -m bn_lenet.sweeps.index [DIR]``, which also
 refreshes the list in ./README.md (only by hand: a sweep never edits the README).
 
-The one-line answer is the study's own ``answers.ONE_LINE[answer]`` where it has one, else the generic
-best-point line (the first lead metric's best point, mean ± std over its finished seeds).
+The one-line answer is the engine's (sentences.one_line): the headline analysis of the study's [report], with
+each verdict's qualifier ("inconclusive at n=3").
 """
 
 import sys
 from pathlib import Path
 
-from .answers_common import finals, ms
+from ..errors import UserError
 from ..training.files import read_json, write_atomic
 
 SWEEPS_DIR = Path("results/sweeps")  # where the studies live (a sweep's default OUT is SWEEPS_DIR/<name>)
@@ -25,31 +25,24 @@ BEGIN, END = "<!-- studies index: begin (python -m bn_lenet.sweeps.index) -->", 
 def load(folder: Path) -> dict:
     """A study's sweep dict (report.load_sweep) from its sweep.json and run directories."""
     from .report import load_sweep
+    from .report_spec import REPORT_KEYS, read
     d = read_json(folder / "sweep.json")
     spec = {"name": d["name"], **d["spec"]}
+    stored = spec.get("report", {})  # as parsed when the sweep last wrote its report; checked again here
+    spec["report"] = read({k: v for k, v in stored.items() if k in REPORT_KEYS and (k != "k" or stored.get("k_given"))},
+                          str(folder / "sweep.json"))
     planned = [{**r, "dir": folder / r["dir"]} for r in d["runs"]]
     return load_sweep(spec, folder, planned) | {"provenance": d.get("provenance", {})}
 
 
-def best_point_line(sweep: dict) -> str:
-    """The generic one line: the best point by the first lead metric."""
-    metric = sweep["lead"][0]
-    scored = [p for p in sweep["points"] if finals(p, metric)]
-    if not scored:
-        return "no run finished yet"
-    sign = 1 if "loss" in metric else -1
-    best = min(scored, key=lambda p: sign * sum(finals(p, metric)) / len(finals(p, metric)))
-    return f"best final {metric}: {best['id']}, {ms(finals(best, metric))}"
-
-
 def one_line(sweep: dict) -> str:
-    from .answers import ONE_LINE
-    fn = ONE_LINE.get(sweep["spec"]["report"].get("answer", "generic"), best_point_line)
+    from .analysis import analyse
+    from .sentences import one_line as sentence
     try:
-        return fn(sweep)
-    except Exception as e:  # one study's broken answer must not hide the others; the row says what broke
-        print(f"warning: the one-line answer of {sweep['spec']['name']} failed: {type(e).__name__}: {e}", file=sys.stderr)
-        return f"(one-line answer failed: {type(e).__name__}; see its report) {best_point_line(sweep)}"
+        return sentence(sweep, analyse(sweep))
+    except UserError as e:  # one study's bad [report] must not hide the others; the row says what broke
+        print(f"warning: {sweep['spec']['name']}: {e}", file=sys.stderr)
+        return f"(no answer: {e})"
 
 
 def compute(sweep: dict) -> str:
@@ -61,20 +54,23 @@ def compute(sweep: dict) -> str:
     return text + (f"; {wall / 60:.0f} min wall" if wall else "")
 
 
-def rows(root: Path) -> list:
+def rows(root: Path, fresh: bool = True) -> list:
+    """One row per study; ``fresh``: analyse each study again, else take the answer its report last wrote into
+    sweep.json where it has one (what a sweep does at the end of its report step: fast)."""
     out = []
     for folder in sorted(p for p in Path(root).iterdir() if (p / "sweep.json").is_file()):
         sweep = load(folder)
         spec = sweep["spec"]
+        stored = "" if fresh else read_json(folder / "sweep.json").get("answer", "")
         title = (spec.get("title") or f"Sweep {spec['name']}").replace("{seeds}", str(len(spec.get("seeds", []))))
-        out.append({"name": spec["name"], "question": title, "answer": one_line(sweep),
+        out.append({"name": spec["name"], "question": title, "answer": stored or one_line(sweep),
                     "report": f"{folder.name}/report.md", "compute": compute(sweep)})
     return out
 
 
 def write_index(root, study_rows=None) -> Path:
     root = Path(root)
-    study_rows = rows(root) if study_rows is None else study_rows
+    study_rows = rows(root, fresh=False) if study_rows is None else study_rows
     lines = ["# Studies", "",
              "Every study in this folder: its question, the answer in one line (mean over its finished seeds; the "
              "report gives the spread, the table and the figures), and what it cost on the machine that ran it. "

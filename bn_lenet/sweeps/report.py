@@ -1,14 +1,16 @@
 """A sweep's report, made only from its run directories' small files (config.toml, metrics.jsonl, meta.json,
-bn_*.json), so ``--report-only`` rebuilds it from committed data:
+bn_*.json, grad_norms.jsonl), so ``--report-only`` rebuilds it from committed data:
 
-    summary.csv   one row per point: point, each swept key by its full name, seeds, finished, stuck, diverged,
-                  then <metric>_mean, _std, _min, _max of the final epoch's figures of the finished runs
-                  (loss, train_acc, test_acc, then every other per-epoch metric the runs record), and
-                  examples_per_sec_mean
-    report.md     the question, the answer (bn_lenet/sweeps/answers.py), the table, the figures, how to
-                  reproduce it, hardware, versions, compute time
-    curves.png    per-epoch curves per point (mean over seeds, min..max band)
-    <metric>_vs_<key>.png   the lead metrics against each numeric swept key, spread over seeds
+    report.md      the question, the answer (the engine's verdicts in sentences), one line of setup, the rule,
+                   the table per point, per-layer tables, figures, how to reproduce it, hardware, versions, time
+    summary.csv    one row per point: point, each swept key by its full name, seeds, finished, stuck, diverged,
+                   then <metric>_mean, _std, _min, _max of the final epoch's figures of the finished runs
+                   (loss, train_acc, test_acc, then every other per-epoch metric the runs record), and
+                   examples_per_sec_mean
+    contrasts.csv  one row per contrast the report states (analysis.py, rule.py): a, b, metric, statistic, n,
+                   paired, mean_a, mean_b, diff, ci_low, ci_high, p, verdict, then p_t, p_holm, margin, swing,
+                   seeds_needed, note
+    curves.png, <metric>_vs_<key>.png   (figures.py)
 
 Statuses: finished (trained every epoch; averaged), of which stuck (finite loss but test acc at chance,
 <= STUCK_ACC), diverged (loss or weights became inf/NaN: no final figure; counted, never averaged), and
@@ -19,22 +21,25 @@ import csv
 import math
 from pathlib import Path
 
-from ..training import plots
-from ..training.files import read_json, read_metrics
-from .stats import STUCK_ACC, describe, examples_per_sec, final_values, finished, pm
-from .answers import ANSWERS
-from .spec import toml_literal
+from ..errors import UserError
+from ..training.config import has_batch_stats, load as load_config
+from ..training.files import read_json, read_metrics, write_atomic
+from . import figures, sentences
+from .analysis import analyse, metric_statistic
+from .spec import points_of, toml_literal
+from .stats import STUCK_ACC, by_seed, describe, examples_per_sec, finished, pm
 
 NOT_METRICS = ("epoch", "examples_per_sec", "seconds")
+CONTRAST_COLUMNS = ("a", "b", "metric", "statistic", "n", "paired", "mean_a", "mean_b", "diff", "ci_low", "ci_high",
+                    "p", "verdict", "p_t", "p_holm", "margin", "swing", "seeds_needed", "note")
 
 
 def load_run(run: dict) -> dict:
     d = Path(run["dir"])
     meta = read_json(d / "meta.json") if (d / "meta.json").is_file() else {}
-    optional = lambda name, empty: read_json(d / name) if (d / name).is_file() else empty  # noqa: E731
     loaded = {"point": run["point"], "values": run["values"], "seed": run["seed"], "dir": d, "meta": meta,
               "status": meta.get("status", "not started"), "rows": read_metrics(d),
-              "bn_history": optional("bn_history.json", []), "bn_params": optional("bn_params.json", {})}
+              "bn": has_batch_stats(load_config(d / "config.toml")) if (d / "config.toml").is_file() else True}
     loaded["stuck"] = is_stuck(loaded)
     return loaded
 
@@ -60,10 +65,11 @@ def metric_names(runs: list) -> list:
 def load_sweep(spec: dict, out, planned: list) -> dict:
     """What the report and the answers read: {"spec", "out", "runs", "points", "metrics", "lead", "keys"}."""
     runs = [load_run(r) for r in planned]
+    origin = {p["id"]: p["from"] for p in points_of(spec)}
     points = []
     for run in runs:
         if not points or points[-1]["id"] != run["point"]:
-            points.append({"id": run["point"], "values": run["values"], "runs": []})
+            points.append({"id": run["point"], "values": run["values"], "runs": [], "from": origin.get(run["point"])})
         points[-1]["runs"].append(run)
     keys = list(dict.fromkeys(k for p in points for k in p["values"]))
     return {"spec": spec, "out": Path(out), "runs": runs, "points": points, "metrics": metric_names(runs),
@@ -80,7 +86,7 @@ def summary_rows(sweep: dict) -> list:
     for p in sweep["points"]:
         row = {"point": p["id"], **{k: p["values"].get(k, "") for k in sweep["keys"]}, **counts(p["runs"])}
         for metric in sweep["metrics"]:
-            d = describe(final_values(p["runs"], metric))
+            d = describe(list(by_seed(p["runs"], metric, "final").values()))
             row.update({f"{metric}_{s}": d.get(s, "") for s in ("mean", "std", "min", "max")})
         speeds = [examples_per_sec(r["rows"]) for r in finished(p["runs"])]
         row["examples_per_sec_mean"] = sum(speeds) / len(speeds) if speeds else ""
@@ -98,21 +104,31 @@ def write_summary_csv(sweep: dict, path: Path) -> list:
     return rows
 
 
+def shown_metrics(sweep: dict) -> list:
+    """(metric, statistic) per table column: each lead metric as decided, its final value where that differs,
+    and the final training loss always."""
+    cols = []
+    for m in sweep["lead"]:
+        name, statistic = metric_statistic(sweep, m)
+        cols += [(name, statistic)] + ([(name, "final")] if statistic not in ("final", "run") else [])
+    if "loss" in sweep["metrics"]:
+        cols.append(("loss", "final"))
+    return [c for c in dict.fromkeys(cols) if c[0] in sweep["metrics"] or c[1] == "run"]
+
+
 def table(sweep: dict) -> list:
-    shown = list(dict.fromkeys([*sweep["lead"], *sweep["metrics"]]))
-    shown = [m for m in shown if m in sweep["metrics"]]
+    cols = shown_metrics(sweep)
     lines = ["## Results per point", "",
-             "Final epoch, mean ± std (min..max) over the finished runs; stuck = finished with test acc <= "
-             f"{STUCK_ACC} (chance 0.10); diverged = loss or weights became inf/NaN (no final figure, never averaged). "
-             "Every figure is also in summary.csv.", "",
-             "| " + " | ".join([*sweep["keys"], "runs", "finished", "stuck", "diverged", *shown, "examples/sec"]) + " |",
-             "|" + "---|" * (len(sweep["keys"]) + 5 + len(shown))]
+             "Mean ± std (min..max) over the finished runs; stuck = finished with test acc <= "
+             f"{STUCK_ACC} (chance 0.10); diverged = loss or weights became inf/NaN (never averaged). summary.csv "
+             "has every final figure.", "",
+             "| point | runs | finished | stuck | diverged | " + " | ".join(sentences.metric_label(*c) for c in cols)
+             + " | examples/s |", "|---|" + "---|" * (5 + len(cols))]
     for p in sweep["points"]:
         c = counts(p["runs"])
         speeds = [examples_per_sec(r["rows"]) for r in finished(p["runs"])]
-        cells = [*(str(p["values"].get(k, "")) for k in sweep["keys"]), str(c["seeds"]), str(c["finished"]),
-                 str(c["stuck"]), str(c["diverged"]),
-                 *(pm(describe(final_values(p["runs"], m))) for m in shown),
+        cells = [sentences.point_label(sweep, p["id"]), str(c["seeds"]), str(c["finished"]), str(c["stuck"]),
+                 str(c["diverged"]), *(pm(describe(list(by_seed(p["runs"], m, s).values()))) for m, s in cols),
                  f"{sum(speeds) / len(speeds):,.0f}" if speeds else "n/a"]
         lines.append("| " + " | ".join(cells) + " |")
     others = [r for r in sweep["runs"] if r["status"] != "finished"]
@@ -128,38 +144,94 @@ def _where(run: dict) -> str:
     return f" after {m['epochs_done']} epoch(s)" if "epochs_done" in m else ""
 
 
-def figures(sweep: dict) -> list:
+def draw(sweep: dict) -> list:
     """Draw the figures; returns [(file name, caption)]."""
     out, made = sweep["out"], []
-    curves = {p["id"]: [r["rows"] for r in finished(p["runs"])] for p in sweep["points"] if finished(p["runs"])}
-    if curves:
-        only_norm = all(list(p["values"]) == ["model.norm"] for p in sweep["points"])
-        labels = {p["id"]: p["values"]["model.norm"] if only_norm else p["id"] for p in sweep["points"]}
-        names = dict(plots.CURVE_KEYS)
-        plots.band_curves({labels[k]: v for k, v in curves.items()}, out / "curves.png",
-                          title=f"{sweep['spec']['name']}: per-epoch figures, mean over seeds",
-                          keys=[(m, names.get(m, m)) for m in sweep["metrics"]])
+    metrics = list(dict.fromkeys(m for m in ("loss", "test_acc", "test_acc_precise") if m in sweep["metrics"]))
+    if figures.curves(sweep, metrics, out / "curves.png"):
         made.append(("curves.png", "Per-epoch figures per point: mean over the finished seeds, band min..max."))
-    for key in sweep["keys"]:
+    zipped = list(sweep["spec"].get("zip") or {})
+    for key in [k for k in sweep["keys"] if k not in zipped[1:]]:  # keys zipped with the first add no new axis
         values = [p["values"][key] for p in sweep["points"] if key in p["values"]]
-        # only a numeric key gets an x axis (a list-valued key, e.g. model.norm_layers, is not hashable either)
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values) or len(set(values)) < 2:
-            continue
-        log_x = min(values) > 0 and max(values) / min(values) >= 100
-        leaf = key.rpartition(".")[2]
-        for metric in [m for m in sweep["lead"] if m in sweep["metrics"]]:
-            series = {}
-            for p in sweep["points"]:
-                if key in p["values"]:
-                    label = ",".join(f"{k.rpartition('.')[2]}={v}" for k, v in p["values"].items() if k != key) or "all"
-                    series.setdefault(label, []).append((p["values"][key], final_values(p["runs"], metric),
-                                                         counts(p["runs"])["diverged"]))
-            name = f"{metric}_vs_{leaf}.png"
-            plots.metric_against(series, out / name, key, f"final {metric}", log_x,
-                                 title=f"{metric} against {key}: mean ± std over seeds, dots: seeds, x: diverged")
-            made.append((name, f"Final {metric} against {key}{' (log axis)' if log_x else ''}: mean ± std over the "
-                               f"finished seeds, one dot per seed, a red x per diverged run."))
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            continue  # only a numeric key gets an x axis
+        for metric in sweep["lead"]:
+            name, statistic = metric_statistic(sweep, metric)
+            file = f"{name}_vs_{key.rpartition('.')[2]}.png"
+            if name in sweep["metrics"] and figures.against(sweep, key, name, statistic, out / file):
+                made.append((file, f"{sentences.metric_label(name, statistic)} against {key}: mean ± std over the "
+                                   f"finished seeds, one dot per seed, a red x per diverged run."))
     return made
+
+
+def contrast_cells(row: dict) -> dict:
+    cells = {}
+    for col in CONTRAST_COLUMNS:
+        v = row.get(col)
+        if v is None and row.get("note") and col in ("mean_a", "mean_b", "diff", "ci_low", "ci_high", "p"):
+            v = row["note"]
+        cells[col] = "true" if v is True else "false" if v is False else "" if v is None else v
+    return cells
+
+
+def write_contrasts_csv(rows: list, path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(CONTRAST_COLUMNS), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(contrast_cells(r) for r in rows)
+
+
+def setup_line(sweep: dict) -> str:
+    """What was trained, from a run's own config.toml; the swept keys are named as swept."""
+    run = next((r for r in sweep["runs"] if (r["dir"] / "config.toml").is_file()), None)
+    if run is None:
+        return "**Setup:** Fashion-MNIST (60,000 train / 10,000 test images); no run has started yet."
+    cfg, swept = load_config(run["dir"] / "config.toml"), set(sweep["keys"])
+    val = lambda key, text: "swept" if key in swept else text  # noqa: E731
+    norm = {"none": "no norm", "scratch": "scratch BN", "torch": "nn.BatchNorm", "layer": "LayerNorm",
+            "group": "GroupNorm"}.get(cfg.model.norm, cfg.model.norm)
+    where = "" if cfg.model.norm == "none" else (f" in {', '.join(cfg.model.norm_layers) or 'no layer'}, "
+                                                 f"{cfg.model.placement} the activation")
+    stats = ["the moving BN statistics"] + (["precise-BN statistics (re-estimated)"] if cfg.eval.precise_bn else []) \
+        + (["each test batch's own statistics"] if cfg.eval.batch_stats else [])
+    return (f"**Setup:** Fashion-MNIST (60,000 train / 10,000 test images, 28x28); LeNet, "
+            f"{val('model.activation', cfg.model.activation)}, {'norm: swept (model.norm)' if 'model.norm' in swept else norm}"
+            f"{val('model.norm_layers', where) if where else ''}; SGD without momentum, lr "
+            f"{val('train.lr', f'{cfg.train.lr:g}')} ({cfg.train.lr_schedule}), batch "
+            f"{val('train.batch_size', cfg.train.batch_size)}, {val('train.epochs', cfg.train.epochs)} epochs; test "
+            f"batch {cfg.eval.batch_size}; test accuracy with {', '.join(stats)}; "
+            f"{len(sweep['spec']['seeds'])} seeds (train.seed {', '.join(map(str, sweep['spec']['seeds']))}).")
+
+
+def rule_lines(sweep: dict, result: dict) -> list:
+    rows = [r for r in result["contrasts"] if not r.get("note")]
+    k = sweep["spec"]["report"]["k"]
+    return ["**How these verdicts are made** (README, \"The rule\"): runs with the same seed share initial weights "
+            "and batches, so each contrast is paired by seed where both points finished the same seeds (else "
+            "unpaired, Welch). The difference is given with its 95% t interval and an exact permutation p. "
+            f"**higher** / **lower**: the interval excludes 0 and the contrast survives Holm's correction over this "
+            f"report's {len(rows)} contrasts; **equivalent**: the interval lies inside ± the margin (0.01 for "
+            "accuracy and loss unless the spec says otherwise); **inconclusive**: neither, which is not \"no "
+            f"effect\". Test accuracy is judged on precise-BN statistics where the runs recorded them, else on its "
+            f"mean over the last {k} epochs; the training loss on its final value. Every contrast is a row of "
+            "contrasts.csv.", ""]
+
+
+def layer_lines(sweep: dict, item: dict) -> list:
+    table = item["table"]
+    names = list(dict.fromkeys(n for cols in table.values() for n in cols))
+    if not names:
+        return []
+    title = item.get("label") or f"Per layer: {item['file']}" + (f", epoch {item['epoch']}" if item.get("epoch") else "")
+    lines = [f"## {title}", "", "Mean ± std over the finished seeds" + (
+        " (gamma and beta: mean over each layer's channels)." if item["file"] == "bn_params.json" else "."), "",
+             "| point | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for pid, cols in table.items():
+        if not cols:
+            continue  # e.g. the network without BN in a table of BN parameters
+        cells = [f"{cols[n]['mean']:.3g} ± {cols[n]['std']:.2g}" if cols.get(n, {}).get("n") else "n/a" for n in names]
+        lines.append(f"| {sentences.point_label(sweep, pid)} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def provenance_lines(sweep: dict, provenance: dict) -> list:
@@ -204,29 +276,34 @@ def adopted_lines(sweep: dict) -> list:
             for command, runs in others.items()]
 
 
-def write_report(spec: dict, out, planned: list, provenance: dict) -> Path:
+def analysed(spec: dict, out, planned: list) -> tuple:
+    """The sweep as loaded and the engine's result; a bad [report] raises here, before any file is rewritten."""
     sweep = load_sweep(spec, out, planned)
-    write_summary_csv(sweep, sweep["out"] / "summary.csv")
+    return sweep, analyse(sweep)
+
+
+def write_report(spec: dict, out, planned: list, provenance: dict, done=None) -> Path:
+    sweep, result = done or analysed(spec, out, planned)
     title = spec["title"].replace("{seeds}", str(len(spec["seeds"]))) if spec["title"] else f"Sweep {spec['name']}"
-    lines = [f"# {title}", ""]
-    question = spec["question"].strip() or (f"How do the final {', '.join(spec['report']['lead'])} depend on "
+    question = spec["question"].strip() or (f"How do {', '.join(sweep['lead'])} depend on "
                                             f"{', '.join(sweep['keys']) or 'the seed'}?")
-    lines += [question, ""]
-    lines += ANSWERS[spec["report"]["answer"]](sweep)
-    lines += table(sweep)
-    made = [(name, caption) for name, caption in figures(sweep)]
-    text = "\n".join(lines)
-    unshown = [(n, c) for n, c in made if f"]({n})" not in text]  # an answer may already show a figure
-    if unshown:
+    lines = [f"# {title}", "", question, ""] + sentences.answer_lines(sweep, result)
+    lines += [setup_line(sweep), ""] + rule_lines(sweep, result) + table(sweep)
+    for item in (i for i in result["items"] if i["kind"] == "layers"):
+        lines += layer_lines(sweep, item)
+    write_summary_csv(sweep, sweep["out"] / "summary.csv")
+    write_contrasts_csv(result["contrasts"], sweep["out"] / "contrasts.csv")
+    made = draw(sweep)
+    if made:
         lines += ["## Figures", ""]
-        for name, caption in unshown:
+        for name, caption in made:
             lines += [f"![{name}]({name})", "", caption, ""]
     lines += ["## Reproduce", "", f"    {provenance.get('reproduce') or spec_command(spec)}", "",
               "Rerunning it trains nothing when every run is done and resumes any that is not; adding `--report-only` "
               "rebuilds this report from the run directories' small files.", ""]
     lines += provenance_lines(sweep, provenance)
     path = sweep["out"] / "report.md"
-    path.write_text("\n".join(lines) + "\n")
+    write_atomic(path, "\n".join(lines) + "\n")
     return path
 
 

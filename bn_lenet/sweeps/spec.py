@@ -11,12 +11,17 @@ A spec file ``configs/sweeps/NAME.toml`` (the sweep's name is the file stem)::
     [grid]                                 # the product of these keys, in this order
     "model.norm" = ["none", "scratch"]
     "train.lr" = [0.1, 1, 10]
+    [zip]                                  # keys whose values advance together: one more axis of the product
+    "train.batch_size" = [16, 256]
+    "train.lr" = [0.0625, 1]
     [[points]]                             # and/or explicit points (where a product makes no sense)
     "model.norm" = "torch"
     set = { "eval.precise_bn" = true }     # a point's own overrides, not part of its id
-    [report]
-    lead = ["test_acc"]                    # the metrics the report leads with (the first one ranks points)
-    answer = "compare"                     # optional: a study's own answer (bn_lenet/sweeps/answers.py)
+    [[when]]                               # overrides for every point with these values (not part of its id)
+    "model.norm" = "scratch"
+    set = { "eval.batch_stats" = true }
+    [report]                               # the analysis, as data: bn_lenet/sweeps/report_spec.py
+    lead = ["test_acc", "loss"]
 
 Keys are config keys ``section.key``, quoted or as TOML dotted keys; values are TOML values, exactly what
 ``--set`` takes. The ad-hoc form ``bn-lenet sweep CONFIG --grid KEY=V1,V2 --seeds N`` builds the same spec.
@@ -36,9 +41,9 @@ except ModuleNotFoundError:  # Python 3.10
 
 from ..training import config as config_mod
 from ..errors import ConfigError, UserError
+from . import report_spec
 
-SPEC_KEYS = ("question", "title", "config", "seeds", "set", "grid", "points", "report")
-REPORT_KEYS = ("lead", "answer")
+SPEC_KEYS = ("question", "title", "config", "seeds", "set", "grid", "zip", "points", "when", "report")
 
 
 # --- values as TOML literals and as parts of a directory name ------------------------------------------
@@ -158,28 +163,33 @@ def spec_from_file(path) -> dict:
     unknown = [k for k in d if k not in SPEC_KEYS]
     if unknown:
         raise UserError(f"{where}: unknown key(s) {', '.join(unknown)}; a sweep spec has {', '.join(SPEC_KEYS)}")
-    report = d.get("report", {})
-    if not isinstance(report, dict) or set(report) - set(REPORT_KEYS):
-        raise UserError(f"{where}: [report] takes {', '.join(REPORT_KEYS)}, got {report!r}")
+    report = report_spec.read(d.get("report", {}), where)
     grid = _flat(d["grid"], f"{where}: [grid]") if "grid" in d else None
     if grid == {}:
         raise UserError(f"{where}: the [grid] is empty; give each key a list of values, e.g. \"train.lr\" = [0.1, 1]")
-    points = d.get("points", [])
-    if not isinstance(points, list) or not all(isinstance(p, dict) for p in points):
-        raise UserError(f"{where}: points must be [[points]] tables of section.key = value")
-    explicit = []
-    for i, p in enumerate(points, 1):
-        own = p.get("set", {})
-        explicit.append({"values": _flat({k: v for k, v in p.items() if k != "set"}, f"{where}: point {i}"),
-                         "set": _flat(own, f"{where}: point {i}'s set")})
+    zipped = _flat(d["zip"], f"{where}: [zip]") if "zip" in d else {}
+    lengths = {len(v) if isinstance(v, list) else -1 for v in zipped.values()}
+    if zipped and (len(lengths) != 1 or min(lengths) < 1):
+        raise UserError(f"{where}: [zip] needs lists of one length (the values advance together), got {zipped!r}")
+    if set(zipped) & set(grid or {}):
+        raise UserError(f"{where}: {', '.join(sorted(set(zipped) & set(grid)))} is in both [grid] and [zip]: keep one")
+    explicit, when = (_tables(d.get(name, []), name, where) for name in ("points", "when"))
     config = d.get("config")
     if config is not None and not isinstance(config, str):
         raise UserError(f"{where}: config must be a path string, got {config!r}")
     return check_spec({
         "name": path.stem, "spec_file": str(path), "question": d.get("question", ""), "title": d.get("title", ""),
         "config": find_config(config, path) if config else None, "seeds": d.get("seeds", 1),
-        "set": _flat(d.get("set", {}), f"{where}: [set]"), "grid": grid or {}, "points": explicit,
-        "report": {"lead": report.get("lead", ["test_acc"]), "answer": report.get("answer", "generic")}})
+        "set": _flat(d.get("set", {}), f"{where}: [set]"), "grid": grid or {}, "zip": zipped, "points": explicit,
+        "when": when, "report": report})
+
+
+def _tables(tables, name: str, where: str) -> list:
+    """[[points]] or [[when]]: each {"values": its keys, "set": its own overrides}."""
+    if not isinstance(tables, list) or not all(isinstance(p, dict) for p in tables):
+        raise UserError(f"{where}: {name} must be [[{name}]] tables of section.key = value")
+    return [{"values": _flat({k: v for k, v in p.items() if k != "set"}, f"{where}: [[{name}]] {i}"),
+             "set": _flat(p.get("set", {}), f"{where}: [[{name}]] {i}'s set")} for i, p in enumerate(tables, 1)]
 
 
 def spec_from_args(config: str, grid_args: list, seeds: int) -> dict:
@@ -191,8 +201,8 @@ def spec_from_args(config: str, grid_args: list, seeds: int) -> dict:
             raise UserError(f"bad --grid {item!r}: write it as section.key=V1,V2, e.g. --grid train.lr=0.1,1")
         grid[key.strip()] = split_values(values)
     return check_spec({"name": Path(config).stem, "spec_file": None, "question": "", "title": "", "config": config,
-                       "seeds": seeds, "set": {}, "grid": grid, "points": [],
-                       "report": {"lead": ["test_acc"], "answer": "generic"}})
+                       "seeds": seeds, "set": {}, "grid": grid, "zip": {}, "points": [], "when": [],
+                       "report": report_spec.read({}, "--grid")})
 
 
 def check_spec(spec: dict) -> dict:
@@ -213,37 +223,39 @@ def check_spec(spec: dict) -> dict:
             raise UserError(f"the grid's {key} has no values: give a list, e.g. {key} = [v1, v2]")
         if len({toml_literal(v) for v in values}) != len(values):
             raise UserError(f"the grid's {key} lists a value twice: {values!r}")
-    lead = spec["report"]["lead"]
-    if isinstance(lead, str):
-        lead = spec["report"]["lead"] = [lead]
-    if not lead or not all(isinstance(m, str) for m in lead):
-        raise UserError(f"[report] lead must be a list of metric names, e.g. [\"test_acc\"], got {lead!r}")
-    from .answers import ANSWERS
-    if spec["report"]["answer"] not in ANSWERS:
-        raise UserError(f"[report] answer = {spec['report']['answer']!r} is unknown; known: {', '.join(ANSWERS)}")
     for key in ["train.seed"]:
         if key in spec["set"] or key in spec["grid"] or any(key in p["values"] or key in p["set"]
                                                             for p in spec["points"]):
             raise UserError("train.seed is set by the sweep's seeds: give `seeds` (a number or a list) instead")
     spec.setdefault("cli_set", [])
-    swept = set(spec["grid"]) | {k for p in spec["points"] for k in p["values"]}
+    swept = set(spec["grid"]) | set(spec.get("zip", {})) | {k for p in spec["points"] for k in p["values"]}
     fixed = set(spec["set"]) | {item.partition("=")[0].strip() for item in spec["cli_set"]}
     both = sorted(swept & fixed)
     if both:
         raise UserError(f"{', '.join(both)} is both fixed ([set] / --set) and swept (a grid key or a point's "
                         f"key): keep one")
+    report_spec.check_against(spec["report"], points_of(spec), spec.get("spec_file") or spec["name"])
     return spec
 
 
 # --- points and runs --------------------------------------------------------------------------------------
 
 def points_of(spec: dict) -> list:
-    """The grid's product (keys in spec order), then the explicit points; each {"id", "values", "set"}."""
-    grid = [dict(zip(spec["grid"], combo)) for combo in product(*spec["grid"].values())] if spec["grid"] else []
-    points = [{"values": v, "set": {}} for v in grid] + [dict(p) for p in spec["points"]]
-    points = points or [{"values": {}, "set": {}}]  # seeds only
+    """The grid's product (keys in spec order, the zip as its last axis), then the explicit points; each
+    {"id", "values", "set", "from"}, with the sets of every [[when]] whose values it has."""
+    axes = [[{k: v} for v in values] for k, values in spec["grid"].items()]
+    zipped = spec.get("zip") or {}
+    if zipped:
+        axes.append([dict(zip(zipped, combo)) for combo in zip(*zipped.values())])
+    grid = [{k: v for part in combo for k, v in part.items()} for combo in product(*axes)] if axes else []
+    points = [{"values": v, "set": {}, "from": "grid"} for v in grid]
+    points += [{**p, "set": dict(p["set"]), "from": "points"} for p in spec["points"]]
+    points = points or [{"values": {}, "set": {}, "from": "seeds"}]  # seeds only
     for point, pid in zip(points, point_ids(points)):
         point["id"] = pid
+        for when in spec.get("when", []):
+            if all(point["values"].get(k) == v for k, v in when["values"].items()):
+                point["set"].update(when["set"])
     seen = set()
     for p in points:
         if p["id"] in seen:

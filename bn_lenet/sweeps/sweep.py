@@ -147,8 +147,9 @@ def progress_line(result: dict) -> str:
     return f"{result['point']} seed-{result['seed']}: {what} ({how})"
 
 
-def write_sweep_json(spec: dict, out: Path, planned: list, provenance: dict) -> None:
-    """sweep.json: the resolved spec, every run with its overrides and status, and provenance."""
+def write_sweep_json(spec: dict, out: Path, planned: list, provenance: dict, answer: str = "") -> None:
+    """sweep.json: the resolved spec, every run with its overrides and status, provenance, and the one-line
+    answer of the report last written (the index reads it here rather than analysing every study again)."""
     def status(run):
         meta = Path(run["dir"]) / "meta.json"
         return read_json(meta).get("status", "unknown") if meta.is_file() else "not started"
@@ -156,19 +157,21 @@ def write_sweep_json(spec: dict, out: Path, planned: list, provenance: dict) -> 
              "dir": str(Path(r["dir"]).relative_to(out)), "overrides": r["overrides"], "status": status(r)}
             for r in planned]
     write_json(out / "sweep.json", {"name": spec["name"], "spec": {k: v for k, v in spec.items() if k != "name"},
-                                    "provenance": provenance, "runs": runs})
+                                    "provenance": provenance, "runs": runs, **({"answer": answer} if answer else {})})
 
 
 def write(spec: dict, out: Path, planned: list, provenance=None, report_command=None, reproduce="") -> int:
     """sweep.json (statuses as on disk now) and the report."""
-    from .report import write_report
+    from .report import analysed, write_report
+    from .sentences import one_line
+    done = analysed(spec, out, planned)  # a bad [report]: one error, nothing rewritten
     previous = read_json(out / "sweep.json") if (out / "sweep.json").is_file() else {}
     provenance = dict(provenance or previous.get("provenance", {}))
     provenance.setdefault("reproduce", reproduce)
     if report_command:
         provenance.update(report_command=report_command, report_commit=git_commit())
-    write_sweep_json(spec, out, planned, provenance)
-    path = write_report(spec, out, planned, provenance)
+    write_sweep_json(spec, out, planned, provenance, one_line(*done))
+    path = write_report(spec, out, planned, provenance, done)
     print(f"report: {path}")
     if any(r.get("cfg") is not None and r["cfg"].log.tensorboard for r in planned):
         write_tensorboard_hparams(out, planned)

@@ -163,6 +163,12 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
+def has_batch_stats(cfg: Config) -> bool:
+    """Whether the network normalizes with batch statistics anywhere (BN in at least one layer): only then do
+    moving statistics, precise BN and synced BN mean anything."""
+    return bool(cfg.model.norm in options.BATCH_NORMS and cfg.model.norm_layers)
+
+
 def check_processes(cfg: Config, cuda: bool | None = None, world: int | None = None) -> None:
     """What a data-parallel job cannot do with this config, as one error before anything trains. Called before
     a job of train.processes > 1 is launched, and by every process of a torchrun job (distributed.check, with
@@ -178,7 +184,7 @@ def check_processes(cfg: Config, cuda: bool | None = None, world: int | None = N
     if world is None and t.device.startswith("cuda:"):
         raise ConfigError(f"train.device = {t.device!r} with train.processes = {n}: each process uses the GPU of "
                           f"its local rank; use train.device=cuda (or auto)")
-    batch_stats = cfg.model.norm in options.BATCH_NORMS and cfg.model.norm_layers
+    batch_stats = has_batch_stats(cfg)
     if not batch_stats and not cfg.bn.sync:
         raise ConfigError(f"bn.sync = false has no effect: model.norm = {cfg.model.norm} has no batch statistics "
                           f"(nothing to sync); drop it")

@@ -1,0 +1,129 @@
+"""A sweep's figures, readable at a glance: at most PER_PANEL lines in a panel (small multiples beyond that),
+legends beside the data rather than on it, log axes over decades, integer ticks for counts.
+
+    curves.png               per-epoch curves per point: mean over the finished seeds, band min..max
+    <metric>_vs_<key>.png    a metric's steady figure against each numeric swept key, mean ± std over seeds
+"""
+
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from .stats import by_seed, describe, finished  # noqa: E402
+from .sentences import metric_label, point_label  # noqa: E402
+
+PER_PANEL = 6
+
+
+def chunks(items: list, size: int = PER_PANEL) -> list:
+    """Split into the fewest panels of at most ``size``, evenly."""
+    n = max(1, math.ceil(len(items) / size))
+    step = math.ceil(len(items) / n)
+    return [items[i:i + step] for i in range(0, len(items), step)]
+
+
+def panel_groups(sweep: dict) -> list:
+    """Points in panels: by the first swept key's value where that keeps panels small, else in even chunks."""
+    points = [p for p in sweep["points"] if finished(p["runs"])]
+    keys = sweep["keys"]
+    if len(points) <= PER_PANEL or not keys:
+        return chunks(points)
+    by_first = {}
+    for p in points:
+        by_first.setdefault(repr(p["values"].get(keys[0])), []).append(p)
+    return [c for group in by_first.values() for c in chunks(group)]
+
+
+def _save(fig, path) -> None:
+    fig.savefig(path, dpi=100, bbox_inches="tight")  # "tight" also makes room for the legends below the panels
+    plt.close(fig)
+
+
+def curves(sweep: dict, metrics: list, path) -> bool:
+    """One row per metric, one column per panel of points."""
+    panels = panel_groups(sweep)
+    if not panels:
+        return False
+    fig, axes = plt.subplots(len(metrics), len(panels), figsize=(4.2 * len(panels) + 1.5, 2.8 * len(metrics)),
+                             squeeze=False)
+    for col, points in enumerate(panels):
+        for row, metric in enumerate(metrics):
+            ax = axes[row][col]
+            for p in points:
+                runs = [r["rows"] for r in finished(p["runs"])]
+                epochs = sorted({row_["epoch"] for rows in runs for row_ in rows if row_.get(metric) is not None})
+                if not epochs:
+                    continue
+                per_epoch = [[row_[metric] for rows in runs for row_ in rows if row_["epoch"] == e
+                              and row_.get(metric) is not None] for e in epochs]
+                mean = [sum(v) / len(v) for v in per_epoch]
+                (line,) = ax.plot(epochs, mean, marker="." if len(epochs) < 4 else None,
+                                  label=point_label(sweep, p["id"]))
+                ax.fill_between(epochs, [min(v) for v in per_epoch], [max(v) for v in per_epoch],
+                                color=line.get_color(), alpha=0.2, lw=0)
+            ax.set_title(metric_label(metric, "final").removesuffix(", final"), fontsize=9)
+            ax.set_xlabel("epoch", fontsize=8)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.grid(True, alpha=0.3)
+            ax.tick_params(labelsize=7)
+            if "loss" in metric and all(v > 0 for line in ax.get_lines() for v in line.get_ydata()) and \
+                    _spans_decades(ax):
+                ax.set_yscale("log")
+        axes[-1][col].legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=1, frameon=False)
+    fig.suptitle(f"{sweep['spec']['name']}: per epoch, mean over seeds (band: min..max)", fontsize=10)
+    _save(fig, path)
+    return True
+
+
+def _spans_decades(ax) -> bool:
+    values = [v for line in ax.get_lines() for v in line.get_ydata()]
+    return bool(values) and max(values) / min(values) >= 30
+
+
+def against(sweep: dict, key: str, metric: str, statistic: str, path) -> bool:
+    """The metric's figure against a numeric swept key; one series per combination of the other keys, at most
+    PER_PANEL series in a panel; a red x at the bottom per diverged run."""
+    series = {}
+    for p in sweep["points"]:
+        if key not in p["values"]:
+            continue
+        label = point_label(sweep, p["id"], hide=[key]) if len(p["values"]) > 1 else "all"
+        values = list(by_seed(p["runs"], metric, statistic).values())
+        diverged = sum(r["status"] == "diverged" for r in p["runs"])
+        series.setdefault(label, []).append((p["values"][key], values, diverged))
+    xs = sorted({x for pts in series.values() for x, _, _ in pts})
+    if len(xs) < 2:
+        return False
+    panels = chunks(list(series.items()))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels) + 1.5, 3.8), squeeze=False, sharey=True)
+    for ax, panel in zip(axes[0], panels):
+        for label, pts in panel:
+            pts = sorted(pts, key=lambda t: t[0])
+            shown = [(x, describe(v)) for x, v, _ in pts if v]
+            if shown:
+                bar = ax.errorbar([x for x, _ in shown], [d["mean"] for _, d in shown],
+                                  yerr=[d["std"] for _, d in shown], marker="o", ms=4, capsize=3, label=label)
+                for x, v, _ in pts:
+                    ax.scatter([x] * len(v), v, s=8, color=bar[0].get_color(), alpha=0.4)
+            for x, _, diverged in pts:
+                if diverged:
+                    ax.scatter([x] * diverged, [0.03 * (k + 1) for k in range(diverged)], marker="x", s=25,
+                               color="tab:red", transform=ax.get_xaxis_transform())
+        if min(xs) > 0 and max(xs) / min(xs) >= 100:
+            ax.set_xscale("log")
+        if all(float(x).is_integer() for x in xs):
+            ax.set_xticks(xs, [f"{int(x)}" for x in xs])
+            ax.minorticks_off()
+        ax.set_xlabel(key, fontsize=8)
+        ax.grid(True, alpha=0.3)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), frameon=False)
+    axes[0][0].set_ylabel(metric_label(metric, statistic), fontsize=8)
+    fig.suptitle(f"{metric_label(metric, statistic)} against {key}: mean ± std over seeds, dots: seeds, "
+                 f"x: a diverged run", fontsize=9)
+    _save(fig, path)
+    return True
