@@ -3,7 +3,7 @@
 The tutorial is the "Batch Normalization" section of Dive into Deep Learning (d2l), PyTorch version. Each
 release of the book prints the output of that section's training cell (final loss, train and test accuracy,
 examples/sec) from its own build on a Tesla V100 GPU, so the figures differ from release to release. The
-reports (experiments/reproduce.py, bn_lenet/sweeps/study_report.py) quote them from here, with SOURCES in full.
+reports (experiments/reproduce.py, bn_lenet/sweeps/published_section.py) quote them from here, with SOURCES in full.
 """
 
 from collections import namedtuple

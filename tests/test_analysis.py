@@ -2,6 +2,7 @@
 becomes rows of contrasts.csv with the rule's numbers and verdicts; bad declarations are one error line."""
 
 import csv
+from pathlib import Path
 
 import pytest
 
@@ -188,3 +189,23 @@ def test_a_bad_report_table_is_one_error_line_and_rewrites_nothing(tmp_path, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and message in err[0], err
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+@pytest.mark.slow
+def test_an_ad_hoc_two_value_grid_sweep_on_the_real_data_writes_contrasts_for_its_key(fashion_mnist, tmp_path):
+    out = tmp_path / "out"
+    config = Path(__file__).resolve().parents[1] / "configs" / "scratch_bn.toml"
+    argv = ["sweep", str(config), "--grid", "model.norm=none,scratch", "--seeds", "3", "--set",
+            "train.epochs=1", "--set", "train.limit_batches=15", "--set", "train.device=cpu", "--out", str(out),
+            "--quiet"]
+    assert main(argv) == 0
+    rows = contrasts(out)
+    assert [(r["a"], r["b"], r["metric"]) for r in rows] == [("norm=scratch", "norm=none", "test_acc"),
+                                                              ("norm=scratch", "norm=none", "loss")]
+    assert all(r["paired"] == "true" and r["n"] == "3" for r in rows)
+    assert all(r["verdict"] in ("higher", "lower", "equivalent", "inconclusive") for r in rows)
+    # the numbers are the runs' own: the mean over seeds of the per-seed difference of the final loss
+    from bn_lenet.training.files import read_metrics
+    diffs = [read_metrics(out / "runs" / "norm=scratch" / f"seed-{s}")[-1]["loss"]
+             - read_metrics(out / "runs" / "norm=none" / f"seed-{s}")[-1]["loss"] for s in range(3)]
+    assert float(rows[1]["diff"]) == pytest.approx(sum(diffs) / 3)

@@ -1,4 +1,4 @@
-"""The seed study (the compare sweep: configs/sweeps/compare.toml, its answer in bn_lenet/sweeps/study_report.py),
+"""The seed study (the compare sweep: configs/sweeps/compare.toml, analysed by the engine like every sweep),
 `bn-lenet compare` and `bn-lenet inspect`, on a tiny study: 2 seeds x {scratch, torch, none}, 2 epochs of 2
 batches on a 512-example slice of the real data."""
 
@@ -17,7 +17,6 @@ from bn_lenet.cli import main
 from bn_lenet.training.data import FashionMNIST
 from bn_lenet.sweeps.sweep import spec_for
 from bn_lenet.sweeps.spec import resolve_runs
-from bn_lenet.sweeps.answers import compare as compare_answer
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "configs" / "sweeps" / "compare.toml"
@@ -82,13 +81,14 @@ def test_compare_report_only_writes_every_section_and_figure_from_the_run_files(
     out = out.parent / "small"
     assert main(["compare", "--report-only", "--out", str(out), *ARGS]) == 0
     text = (out / "report.md").read_text()
-    for heading in ("## Headline", "## Final metrics per variant", "## Learning curves", "beyond seed noise",
-                    "moving vs re-estimated", "published figures", "## Learned gamma and beta", "## Provenance"):
+    for heading in ("## Answer", "**Setup:** Fashion-MNIST", "**How these verdicts are made**", "## Results per point",
+                    "## Per layer: bn_params.json", "published figures fall among our runs", "## Provenance"):
         assert heading in text, heading
-    for figure in ("curves.png", "swings.png", "bn_same_seed.png", "bn_over_seeds.png", "bn_evolution.png"):
-        assert (out / figure).stat().st_size > 0 and f"]({figure})" in text
-    assert "| scratch BN | 2 of 2 |" in text and not re.search(r"\bnan\b", text)
-    assert re.search(r"\| scratch \| 2 \| 2 \| \d \| 0 \|", text)  # the sweep's table: runs, finished, stuck, diverged
+    assert text.index("## Answer") < text.index("**Setup:**") < text.index("## Results per point")
+    assert (out / "curves.png").stat().st_size > 0 and "](curves.png)" in text
+    assert (out / "contrasts.csv").read_text().startswith("a,b,metric,statistic,n,paired,mean_a,mean_b,diff,ci_low,")
+    assert not re.search(r"\bnan\b", text)
+    assert re.search(r"\| scratch BN \| 2 \| 2 \| \d \| 0 \|", text)  # the table: runs, finished, stuck, diverged
     assert text.startswith("# Scratch BN vs nn.BatchNorm vs no BN over 2 seeds\n")
     assert "bn-lenet sweep configs/sweeps/compare.toml --seeds 2 --set train.epochs=2" in text
     assert "regenerated from those files by `" in text
@@ -105,20 +105,19 @@ def test_a_diverged_run_is_reported_and_left_out_of_the_averages(tiny, tmp_path)
     meta_path.write_text(json.dumps(meta))
     assert main(["compare", "--report-only", "--out", str(out), *ARGS]) == 0
     text = (out / "report.md").read_text()
-    assert "nn.BatchNorm seed 1: **diverged** at epoch 2" in text
-    assert "| nn.BatchNorm | 1 of 2 |" in text
+    assert "norm=torch seed 1: **diverged** at epoch 2" in text
+    assert re.search(r"\| nn.BatchNorm \| 2 \| 1 \| \d \| 1 \|", text)
     kept = runs.read_metrics(run_dir(out, "torch", 0))[-1]["test_acc"]
-    assert f"nn.BatchNorm: final test acc {kept:.3f} ± 0.000" in text
+    assert f"| {kept:.3f} ± 0.000 ({kept:.3f}..{kept:.3f}) |" in text  # the one finished seed alone
 
 
 def test_statistics_on_known_values():
     assert stats.describe([1.0, 2.0, 3.0]) == {"n": 3, "mean": 2.0, "std": 1.0, "min": 1.0, "max": 3.0}
-    assert stats.swing([0.5, 0.7, 0.6, 0.9], last=2) == pytest.approx(0.2)  # |0.6-0.7|, |0.9-0.6|
-    t, df = stats.welch_t([1.0, 2.0, 3.0], [4.0, 5.0, 6.0])
-    assert t == pytest.approx(-3 / (2 / 3) ** 0.5) and df == pytest.approx(4.0)
-    assert stats.permutation_p([1.0, 2.0, 3.0], [4.0, 5.0, 6.0]) == pytest.approx(2 / 20)  # the 2 extreme splits
-    assert stats.permutation_p([1.0, 4.0], [2.0, 3.0]) == pytest.approx(1.0)
-    assert stats.ranges_overlap([1, 3], [3, 5]) and not stats.ranges_overlap([1, 2], [3, 4])
+    run = {"status": "finished", "seed": 0, "rows": [{"test_acc": a, "examples_per_sec": 10.0} for a in (0.5, 0.7, 0.6, 0.9)]}
+    assert stats.value(run, "test_acc", "final") == 0.9
+    assert stats.value(run, "test_acc", "last2_mean") == pytest.approx(0.75)
+    assert stats.value(run, "test_acc", "last3_swing") == pytest.approx(stats.describe([0.7, 0.6, 0.9])["std"])
+    assert stats.value(run, "test_acc", "run") == pytest.approx(10.0)
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -136,10 +135,10 @@ def test_compare_user_errors(tmp_path, capsys, argv, message):
 def test_compare_is_the_sweep_of_configs_sweeps_compare_toml():
     spec = spec_for(str(SPEC))
     sweep_runs = resolve_runs(spec, Path("out"))
-    assert spec["seeds"] == [0, 1, 2, 3, 4] and spec["report"]["answer"] == "compare"
+    assert spec["seeds"] == [0, 1, 2, 3, 4] and spec["report"]["published"]
     assert [(r["point"], r["cfg"].eval.precise_bn) for r in sweep_runs[::5]] == \
         [("norm=scratch", True), ("norm=torch", True), ("norm=none", False)]
-    assert compare_answer is not None and os.path.exists(ROOT / "experiments" / "compare.py")
+    assert os.path.exists(ROOT / "experiments" / "compare.py")
 
 
 def test_inspect_one_run_shows_its_figures_and_gamma_beta_over_epochs(tiny, capsys):

@@ -20,8 +20,10 @@ PER_PANEL = 6
 
 
 def chunks(items: list, size: int = PER_PANEL) -> list:
-    """Split into the fewest panels of at most ``size``, evenly."""
-    n = max(1, math.ceil(len(items) / size))
+    """Split into the fewest panels of at most ``size``, evenly (none for no items)."""
+    if not items:
+        return []
+    n = math.ceil(len(items) / size)
     step = math.ceil(len(items) / n)
     return [items[i:i + step] for i in range(0, len(items), step)]
 
@@ -75,6 +77,7 @@ def curves(sweep: dict, metrics: list, path) -> bool:
                 ax.set_yscale("log")
         axes[-1][col].legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=1, frameon=False)
     fig.suptitle(f"{sweep['spec']['name']}: per epoch, mean over seeds (band: min..max)", fontsize=10)
+    fig.subplots_adjust(hspace=0.5, wspace=0.3)  # room for each panel's title under the x label above it
     _save(fig, path)
     return True
 

@@ -21,7 +21,6 @@ import csv
 import math
 from pathlib import Path
 
-from ..errors import UserError
 from ..training.config import has_batch_stats, load as load_config
 from ..training.files import read_json, read_metrics, write_atomic
 from . import figures, sentences
@@ -190,13 +189,14 @@ def setup_line(sweep: dict) -> str:
     val = lambda key, text: "swept" if key in swept else text  # noqa: E731
     norm = {"none": "no norm", "scratch": "scratch BN", "torch": "nn.BatchNorm", "layer": "LayerNorm",
             "group": "GroupNorm"}.get(cfg.model.norm, cfg.model.norm)
-    where = "" if cfg.model.norm == "none" else (f" in {', '.join(cfg.model.norm_layers) or 'no layer'}, "
-                                                 f"{cfg.model.placement} the activation")
+    where = "" if cfg.model.norm == "none" else (" in the layers swept (model.norm_layers)" if "model.norm_layers" in swept
+                                                 else f" in {', '.join(cfg.model.norm_layers) or 'no layer'}")
+    where += f", {val('model.placement', cfg.model.placement)} the activation" if where else ""
     stats = ["the moving BN statistics"] + (["precise-BN statistics (re-estimated)"] if cfg.eval.precise_bn else []) \
         + (["each test batch's own statistics"] if cfg.eval.batch_stats else [])
     return (f"**Setup:** Fashion-MNIST (60,000 train / 10,000 test images, 28x28); LeNet, "
             f"{val('model.activation', cfg.model.activation)}, {'norm: swept (model.norm)' if 'model.norm' in swept else norm}"
-            f"{val('model.norm_layers', where) if where else ''}; SGD without momentum, lr "
+            f"{where}; SGD without momentum, lr "
             f"{val('train.lr', f'{cfg.train.lr:g}')} ({cfg.train.lr_schedule}), batch "
             f"{val('train.batch_size', cfg.train.batch_size)}, {val('train.epochs', cfg.train.epochs)} epochs; test "
             f"batch {cfg.eval.batch_size}; test accuracy with {', '.join(stats)}; "
@@ -291,6 +291,9 @@ def write_report(spec: dict, out, planned: list, provenance: dict, done=None) ->
     lines += [setup_line(sweep), ""] + rule_lines(sweep, result) + table(sweep)
     for item in (i for i in result["items"] if i["kind"] == "layers"):
         lines += layer_lines(sweep, item)
+    if spec["report"].get("published"):
+        from .published_section import lines as published_lines
+        lines += published_lines(sweep)
     write_summary_csv(sweep, sweep["out"] / "summary.csv")
     write_contrasts_csv(result["contrasts"], sweep["out"] / "contrasts.csv")
     made = draw(sweep)

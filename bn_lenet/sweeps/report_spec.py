@@ -6,6 +6,7 @@
     k = 3                           # the last k epochs for lastK_mean and the swing (1..50)
     margin = { test_acc = 0.01 }    # equivalence margin per metric (defaults below)
     names = { none = "no BN" }      # how a swept value reads in sentences (default: key=value)
+    published = true                # the tutorial's published figures placed among the runs (published_section.py)
 
     [[report.contrast]]             # point A against point B
     a = { "model.norm" = "scratch" }      # the swept values that pick A (or a point id, "norm=scratch")
@@ -39,7 +40,7 @@ key's first value (per combination of the other keys), or each explicit point ag
 
 from ..errors import UserError
 
-REPORT_KEYS = ("lead", "k", "margin", "names", "contrast", "limit", "ranking", "layers")
+REPORT_KEYS = ("lead", "k", "margin", "names", "published", "contrast", "limit", "ranking", "layers")
 ITEM_KEYS = {"contrast": ("a", "b", "versus", "for_each", "metrics", "label", "headline"),
              "limit": ("key", "by", "metric", "at_least", "at_most", "ratio", "label", "headline"),
              "ranking": ("metric", "for_each", "at_least", "std_at_most", "label", "headline"),
@@ -71,7 +72,10 @@ def read(table, where: str) -> dict:
     if not isinstance(names, dict) or not all(isinstance(v, str) for v in names.values()):
         raise UserError(f"{where}: [report] names must be a table of value = \"display name\", got {names!r}")
     # k_given: a default k shortens itself to the shortest run (a one-epoch test sweep); a stated one must fit
-    report = {"lead": lead, "k": k, "k_given": "k" in table, "margin": margin, "names": names}
+    if not isinstance(table.get("published", False), bool):
+        raise UserError(f"{where}: [report] published must be true or false")
+    report = {"lead": lead, "k": k, "k_given": "k" in table, "margin": margin, "names": names,
+              "published": table.get("published", False)}
     for kind in ("contrast", "limit", "ranking", "layers"):
         items = table.get(kind, [])
         if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):

@@ -176,6 +176,11 @@ def why_not(step: dict) -> str:
 
 def answer_lines(sweep: dict, result: dict) -> list:
     lines = ["## Answer", ""]
+    runs = sweep["runs"]
+    not_done = sum(r["status"] not in ("finished", "diverged") for r in runs)
+    if not_done:
+        lines += [f"**{not_done} of {len(runs)} runs are not done** (interrupted, failed or not started): rerun the "
+                  "sweep's command to complete them; every figure below covers the runs done so far.", ""]
     for item in result["items"]:
         if item["kind"] == "layers":
             continue
