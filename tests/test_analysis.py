@@ -82,7 +82,8 @@ for_each = ["model.norm"]
     assert len(contrast["rows"]) == 3
     # BN trains up to lr 10 (the grid's top), no BN up to 1 (diverged at 10): ratio 10x, bounds 1x .. unbounded
     assert limit["series"]["scratch"]["largest"] == 10.0 and limit["series"]["none"]["largest"] == 1.0
-    assert limit["ratio_result"]["value"] == pytest.approx(10) and limit["ratio_result"]["low"] == pytest.approx(1)
+    (ratio,) = limit["ratios"]
+    assert ratio["value"] == pytest.approx(10) and ratio["low"] == pytest.approx(1) and ratio["high"] == float("inf")
     # each norm's best lr: 1 or 0.1 tie (same numbers), 10 is lower beyond noise
     best = {g["best"] for g in ranking["groups"]}
     assert best <= {"norm=none,lr=0.1", "norm=none,lr=1", "norm=scratch,lr=0.1", "norm=scratch,lr=1"}
@@ -160,7 +161,7 @@ def test_the_sentences_carry_the_numbers_and_the_verdict(tmp_path):
     result = analyse(sweep)
     row = next(r for r in result["contrasts"] if r["a"] == "norm=scratch,lr=1" and r["metric"] == "test_acc")
     text = sentences.contrast_sentence(sweep, row, hide=["train.lr"])
-    assert text.startswith("norm=scratch vs norm=none at lr=1.0, test acc, mean of the last 3 epochs: 0.870 vs 0.820")
+    assert text.startswith("norm=scratch vs norm=none at lr=1, test acc, mean of the last 3 epochs: 0.870 vs 0.820")
     assert "+0.050 [" in text and "**higher**" in text and "n=5 paired" in text
     line = sentences.one_line(sweep, result)
     assert "inconclusive at n=" not in line and "test acc +0.050 higher" in line

@@ -207,14 +207,14 @@ def limit(sweep: dict, item: dict, rows: list) -> dict:
         largest = max(ok) if ok else None
         above = [s["value"] for s in steps if largest is not None and s["value"] > largest]
         out[label] = {"steps": steps, "largest": largest, "next": min(above) if above else None}
-    ratio = None
-    if item.get("ratio"):
-        a, b = (out.get(str(v)) for v in item["ratio"])
+    ratios = []
+    for pair in item.get("ratio", []):
+        a, b = (out.get(str(v)) for v in pair)
         if a and b and a["largest"] and b["largest"]:
-            ratio = {"value": a["largest"] / b["largest"],
-                     "low": a["largest"] / b["next"] if b["next"] else None,
-                     "high": a["next"] / b["largest"] if a["next"] else math.inf}
-    return {"metric": name, "statistic": statistic, "series": out, "ratio_result": ratio}
+            ratios.append({"pair": pair, "value": a["largest"] / b["largest"],
+                           "low": a["largest"] / b["next"] if b["next"] else None,
+                           "high": a["next"] / b["largest"] if a["next"] else math.inf})
+    return {"metric": name, "statistic": statistic, "series": out, "ratios": ratios}
 
 
 # --- per-layer files --------------------------------------------------------------------------------------

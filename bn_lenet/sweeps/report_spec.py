@@ -23,6 +23,7 @@
     metric = "test_acc"             # what "trains" is judged on, with at_least / at_most (optional)
     at_least = 0.7
     ratio = ["scratch", "none"]     # optional: series A's limit over series B's, with the grid's bounds
+                                    # (or several pairs: [["scratch", "none"], ["torch", "none"]])
     [[report.ranking]]              # the points by a metric, the best against every other
     metric = "test_acc"
     for_each = ["train.batch_size"]
@@ -108,8 +109,14 @@ def _item(kind: str, item: dict, n: int, where: str) -> dict:
     for key in ("at_least", "at_most", "std_at_most"):
         if key in item and (isinstance(item[key], bool) or not isinstance(item[key], (int, float))):
             raise UserError(f"{here}: {key} must be a number, got {item[key]!r}")
-    if "ratio" in item and (not isinstance(item["ratio"], list) or len(item["ratio"]) != 2):
-        raise UserError(f"{here}: ratio must be two values [A, B], got {item['ratio']!r}")
+    if "ratio" in item:  # [A, B], or several such pairs (limits: one ratio per pair of series)
+        pairs = item["ratio"] if item["ratio"] and all(isinstance(r, list) for r in item["ratio"]) else [item["ratio"]]
+        if kind == "layers":
+            pairs = [item["ratio"]]
+        if not all(isinstance(r, list) and len(r) == 2 for r in pairs):
+            raise UserError(f"{here}: ratio must be two values [A, B] (or a list of such pairs), got {item['ratio']!r}")
+        if kind == "limit":
+            item["ratio"] = pairs
     if kind == "layers":
         if item["file"] not in LAYER_FILES:
             raise UserError(f"{here}: file = {item['file']!r} is not a per-layer file; give one of "
@@ -165,7 +172,7 @@ def check_against(report: dict, points: list, where: str) -> None:
                 if "by" in item:
                     known_key(item["by"], f"{here} by")
                     values = {str(p["values"].get(item["by"])) for p in points}
-                    for v in item.get("ratio", []):
+                    for v in (v for pair in item.get("ratio", []) for v in pair):
                         if str(v) not in values:
                             raise UserError(f"{here} ratio: {v!r} is not a value of {item['by']}")
                 elif "ratio" in item:

@@ -157,9 +157,8 @@ def limit_lines(sweep: dict, item: dict) -> list:
         nxt = next((st for st in s["steps"] if st["value"] == s["next"]), None)
         why = (f"; at {s['next']} it does not ({why_not(nxt)})" if nxt else "; that is the grid's top")
         lines.append(f"- {name}: trains up to {key} = {s['largest']}{why}.")
-    r = item.get("ratio_result")
-    if r:
-        a, b = (value_label(sweep, item["by"], v) for v in item["ratio"])
+    for r in item["ratios"]:
+        a, b = (value_label(sweep, item["by"], v) for v in r["pair"])
         low = f"{r['low']:.3g}x" if r["low"] else "?"
         high = "unbounded" if math.isinf(r["high"]) else f"{r['high']:.3g}x"
         lines.append(f"- Largest {key} that trains, {a} over {b}: **{r['value']:.3g}x** (the grid bounds it to "
@@ -229,7 +228,7 @@ def one_line(sweep: dict, result: dict, limit: int = 4) -> str:
             for label, s in item["series"].items():
                 name = value_label(sweep, item["by"], label) if item.get("by") else "all"
                 parts.append(f"{name} trains up to {s['largest']}" if s["largest"] is not None else f"{name} never trains")
-            r = item.get("ratio_result")
-            if r:
-                parts.append(f"ratio {r['value']:.3g}x (grid bounds {r['low'] or 0:.3g}x..{r['high']:.3g}x)")
+            for r in item["ratios"]:
+                a, b = (value_label(sweep, item["by"], v) for v in r["pair"])
+                parts.append(f"{a} / {b} {r['value']:.3g}x (grid bounds {r['low'] or 0:.3g}x..{r['high']:.3g}x)")
     return "; ".join(parts) or "no analysis stated"
