@@ -164,7 +164,7 @@ def test_the_sentences_carry_the_numbers_and_the_verdict(tmp_path):
     assert text.startswith("norm=scratch vs norm=none at lr=1, test acc, mean of the last 3 epochs: 0.870 vs 0.820")
     assert "+0.050 [" in text and "**higher**" in text and "n=5 paired" in text
     line = sentences.one_line(sweep, result)
-    assert "inconclusive at n=" not in line and "test acc +0.050 higher" in line
+    assert "norm=scratch vs norm=none at lr=1: test acc (last3 mean) +0.050 higher" in line
     diverged = next(r for r in result["contrasts"] if r["a"] == "norm=scratch,lr=10" and r["metric"] == "loss")
     assert "no finished run" in sentences.contrast_sentence(sweep, diverged)
 
