@@ -91,10 +91,12 @@ def against(sweep: dict, key: str, metric: str, statistic: str, path) -> bool:
     """The metric's figure against a numeric swept key; one series per combination of the other keys, at most
     PER_PANEL series in a panel; a red x at the bottom per diverged run."""
     series = {}
+    zipped = list(sweep["spec"].get("zip") or {})
+    along = zipped if key in zipped else [key]  # keys zipped together move along the same axis
     for p in sweep["points"]:
         if key not in p["values"]:
             continue
-        label = point_label(sweep, p["id"], hide=[key]) if len(p["values"]) > 1 else "all"
+        label = point_label(sweep, p["id"], hide=along) if set(p["values"]) - set(along) else "all"
         values = list(by_seed(p["runs"], metric, statistic).values())
         diverged = sum(r["status"] == "diverged" for r in p["runs"])
         series.setdefault(label, []).append((p["values"][key], values, diverged))
@@ -116,7 +118,7 @@ def against(sweep: dict, key: str, metric: str, statistic: str, path) -> bool:
                 if diverged:
                     ax.scatter([x] * diverged, [0.03 * (k + 1) for k in range(diverged)], marker="x", s=25,
                                color="tab:red", transform=ax.get_xaxis_transform())
-        if min(xs) > 0 and max(xs) / min(xs) >= 100:
+        if min(xs) > 0 and max(xs) / min(xs) >= 20:  # over a decade or more: a log axis
             ax.set_xscale("log")
         if all(float(x).is_integer() for x in xs):
             ax.set_xticks(xs, [f"{int(x)}" for x in xs])
@@ -126,7 +128,8 @@ def against(sweep: dict, key: str, metric: str, statistic: str, path) -> bool:
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), frameon=False)
     axes[0][0].set_ylabel(metric_label(metric, statistic), fontsize=8)
-    fig.suptitle(f"{metric_label(metric, statistic)} against {key}: mean ± std over seeds, dots: seeds, "
+    with_key = f" (with {', '.join(k for k in along if k != key)})" if len(along) > 1 else ""
+    fig.suptitle(f"{metric_label(metric, statistic)} against {key}{with_key}: mean ± std over seeds, dots: seeds, "
                  f"x: a diverged run", fontsize=9)
     _save(fig, path)
     return True

@@ -297,6 +297,8 @@ def write_report(spec: dict, out, planned: list, provenance: dict, done=None) ->
     write_summary_csv(sweep, sweep["out"] / "summary.csv")
     write_contrasts_csv(result["contrasts"], sweep["out"] / "contrasts.csv")
     made = draw(sweep)
+    for stale in set(sweep["out"].glob("*.png")) - {sweep["out"] / name for name, _ in made}:
+        stale.unlink()  # a figure an earlier report drew and this one does not: it would contradict the report
     if made:
         lines += ["## Figures", ""]
         for name, caption in made:
