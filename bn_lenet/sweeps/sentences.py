@@ -47,6 +47,8 @@ def short(metric: str, statistic: str) -> str:
     name = METRIC_NAMES.get(metric, metric)
     if statistic.endswith("_swing"):
         return f"swing of {name}"
+    if statistic == "precise":
+        return f"{name} (precise BN)"
     return f"{name} ({statistic.replace('_', ' ')})" if statistic.endswith("_mean") else name
 
 
@@ -222,8 +224,11 @@ def one_line(sweep: dict, result: dict, limit: int = 4) -> str:
         elif item["kind"] == "ranking":
             for g in item["groups"][:limit]:
                 d = dict(g["points"])[g["best"]]
-                parts.append(f"best {METRIC_NAMES.get(item['metric'], item['metric'])}{group_label(sweep, g['best'], hide)}"
-                             f" {point_label(sweep, g['best'], hide)} {d['mean']:.3f} (n={d['n']})")
+                tied = sum(rows[i]["verdict"] not in ("higher", "lower") for i in g["rows"])
+                parts.append(f"best {short(item['metric'], item['statistic'])}{group_label(sweep, g['best'], hide)}"
+                             f" {point_label(sweep, g['best'], hide)} {number(d['mean'], item['metric'])} (n={d['n']}"
+                             + (f"; {tied} of {len(g['rows'])} others not told apart from it at this n)" if tied else
+                                f"; beyond seed noise from the {len(g['rows'])} others)"))
         elif item["kind"] == "limit":
             for label, s in item["series"].items():
                 name = value_label(sweep, item["by"], label) if item.get("by") else "all"
