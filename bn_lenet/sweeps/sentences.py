@@ -131,7 +131,8 @@ def item_lines(sweep: dict, item: dict, rows: list) -> list:
             tied = [r["b"] for r in others if r["verdict"] != ("lower" if "loss" in r["metric"] else "higher")]
             d = dict(g["points"])[best]
             lines.append(f"- Best {metric_label(item['metric'], item['statistic'])}{group_label(sweep, best, hide)}: "
-                         f"**{point_label(sweep, best, hide)}** ({pm(d)}, n={d['n']}); "
+                         f"**{point_label(sweep, best, hide)}** ({pm(d, 0 if item['metric'] == 'examples_per_sec' else 3)}, "
+                         f"n={d['n']}); "
                          + (f"not told apart from it at this n: {', '.join(point_label(sweep, t, hide) for t in tied)}."
                             if tied else "every other point is beyond seed noise from it."))
             if "at_least" in item or "std_at_most" in item:
