@@ -19,7 +19,8 @@ import csv
 import math
 from pathlib import Path
 
-from ..training import plots
+from ..errors import CorruptFile
+from ..training import lock, plots
 from ..training.files import read_json, read_metrics
 from .stats import STUCK_ACC, describe, examples_per_sec, final_values, finished, pm
 from .answers import ANSWERS
@@ -29,12 +30,22 @@ NOT_METRICS = ("epoch", "examples_per_sec", "seconds")
 
 
 def load_run(run: dict) -> dict:
+    """A run's small files. A damaged one makes the run "corrupt" (its ``damage`` names the file), a run another
+    live process trains "held by another process": neither has figures, so neither is ever averaged."""
     d = Path(run["dir"])
-    meta = read_json(d / "meta.json") if (d / "meta.json").is_file() else {}
-    optional = lambda name, empty: read_json(d / name) if (d / name).is_file() else empty  # noqa: E731
-    loaded = {"point": run["point"], "values": run["values"], "seed": run["seed"], "dir": d, "meta": meta,
-              "status": meta.get("status", "not started"), "rows": read_metrics(d),
-              "bn_history": optional("bn_history.json", []), "bn_params": optional("bn_params.json", {})}
+    try:
+        if run.get("state") == "corrupt":  # planning found damage the files below may not show (config.toml)
+            raise CorruptFile(run["damage"])
+        meta = read_json(d / "meta.json") if (d / "meta.json").is_file() else {}
+        optional = lambda name, empty: read_json(d / name) if (d / name).is_file() else empty  # noqa: E731
+        loaded = {"point": run["point"], "values": run["values"], "seed": run["seed"], "dir": d, "meta": meta,
+                  "status": meta.get("status", "not started"), "rows": read_metrics(d),
+                  "bn_history": optional("bn_history.json", []), "bn_params": optional("bn_params.json", {})}
+    except CorruptFile as e:
+        loaded = {"point": run["point"], "values": run["values"], "seed": run["seed"], "dir": d, "meta": {},
+                  "status": "corrupt", "damage": str(e), "rows": [], "bn_history": [], "bn_params": {}}
+    if loaded["status"] not in ("finished", "diverged", "corrupt") and lock.holder(d):
+        loaded["status"] = "held by another process"
     loaded["stuck"] = is_stuck(loaded)
     return loaded
 
@@ -72,7 +83,8 @@ def load_sweep(spec: dict, out, planned: list) -> dict:
 
 def counts(runs: list) -> dict:
     return {"seeds": len(runs), "finished": len(finished(runs)), "stuck": sum(r["stuck"] for r in runs),
-            "diverged": sum(r["status"] == "diverged" for r in runs)}
+            "diverged": sum(r["status"] == "diverged" for r in runs),
+            "corrupt": sum(r["status"] == "corrupt" for r in runs)}  # damaged files (load_run): never averaged
 
 
 def summary_rows(sweep: dict) -> list:
