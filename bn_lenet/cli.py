@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sweep = sub.add_parser("sweep", help="run a spec's points x seeds (or CONFIG --grid KEY=V1,V2 --seeds N) "
                            "and write one report", epilog="exit status: 0 every run done (diverged runs are results), "
-                           "1 a run failed, 2 a user error (nothing written), 130 stopped by Ctrl-C/SIGTERM (every "
+                           "1 a run failed, is corrupt, or is held by another process (rerun the same command when "
+                           "it has ended), 2 a user error (nothing written), 130 stopped by Ctrl-C/SIGTERM (every "
                            "run kept its finished epochs; rerun the same command to continue)")
     add_sweep_arguments(sweep, spec=True)
     compare = sub.add_parser("compare", help="the seed study: scratch vs nn.BatchNorm vs no BN over 5 seeds, "
@@ -231,6 +232,8 @@ def add_sweep_arguments(p, spec: bool) -> None:
     p.add_argument("--ray-address", help="HOST:PORT of a running Ray cluster (default: start a local instance)")
     p.add_argument("--report-only", action="store_true", help="rebuild the report from the run directories; "
                    "train nothing")
+    p.add_argument("--max-runs", type=int, metavar="N", help="allow a sweep of up to N runs (default 10,000: a "
+                   "larger one is refused at once, saying its count)")
     p.add_argument("--quiet", action="store_true", help="one line per run, no per-epoch lines")
 
 
@@ -243,8 +246,11 @@ def cmd_sweep(args) -> int:
         raise UserError(f"--jobs {args.jobs}: give at least 1 worker process")
     if args.ray_address and args.executor != "ray":
         raise UserError("--ray-address is for --executor ray")
+    if args.max_runs is not None and args.max_runs < 1:
+        raise UserError(f"--max-runs {args.max_runs}: give the number of runs to allow (at least 1)")
     target = getattr(args, "spec", None) or str(_compare_spec())
-    spec = spec_for(target, getattr(args, "grid", ()), getattr(args, "seeds", None), args.overrides)
+    spec = spec_for(target, getattr(args, "grid", ()), getattr(args, "seeds", None), args.overrides,
+                    **({"max_runs": args.max_runs} if args.max_runs else {}))
     out = Path(args.out) if args.out else SWEEPS_DIR / spec["name"]
     argv = getattr(args, "argv", sys.argv[1:])
     command = ("python experiments/compare.py " + shlex.join(argv[1:]) if Path(sys.argv[0]).name == "compare.py"
@@ -252,7 +258,9 @@ def cmd_sweep(args) -> int:
     reproduce = shlex.join(["bn-lenet", "sweep", spec["spec_file"] or spec["config"],
                             *(a for g in getattr(args, "grid", []) for a in ("--grid", g)),
                             *(["--seeds", str(args.seeds)] if getattr(args, "seeds", None) is not None else []),
-                            *(a for o in args.overrides for a in ("--set", o)), *(["--out", args.out] if args.out else [])])
+                            *(a for o in args.overrides for a in ("--set", o)),
+                            *(["--out", args.out] if args.out else []),
+                            *(["--max-runs", str(args.max_runs)] if args.max_runs else [])])
     return run_sweep(spec, out, jobs=args.jobs, executor=args.executor, ray_address=args.ray_address,
                      report_only=args.report_only, quiet=args.quiet, command=command, reproduce=reproduce)
 

@@ -17,6 +17,10 @@ class ConfigError(UserError):
     """A config file, key, value or --set expression is wrong."""
 
 
+class CorruptFile(UserError):
+    """A run's or a sweep's file that cannot be read or does not hold what it should (training/files.py)."""
+
+
 def run_main(fn, *args, debug=False) -> int:
     """Run fn(*args); a user error becomes one ``error:`` line and exit code 2 (``--debug``: the traceback)."""
     debug = debug or "--debug" in sys.argv

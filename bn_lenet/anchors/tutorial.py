@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..training.data import torchvision_root
+from ..training.device import auto as auto_device
 
 
 # --- the tutorial's scratch batch normalization, as published (its typos fixed) -------------------------
@@ -201,7 +202,7 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=1.0)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default=auto_device(), help="cuda if visible, else cpu (BN_LENET_DEVICE overrides)")
     p.add_argument("--data-dir", help="folder with the four Fashion-MNIST IDX files (default: search)")
     args = p.parse_args(argv)
     torch.manual_seed(args.seed)

@@ -3,7 +3,10 @@
 Every run is an ordinary run directory written by ``runs.train_run``. What a worker does with it depends
 only on what is on disk (``run_state``), so a task can be started again at any time (after a kill, by
 Ray's retry, by rerunning the command) and does the right thing: skip a finished or diverged run,
-resume one that has a checkpoint, start one again that has none.
+resume one that has a checkpoint, start one again that has none. It looks only once it holds the run's
+lock (training/lock.py): a run another live process holds (another sweep on the same OUT, a `bn-lenet run
+--resume`) is skipped and reported "held"; a run whose small files are damaged is reported "corrupt" and
+left as it is.
 
 Executors:
 - local: ``jobs`` worker processes (spawned, so no state of the parent leaks in), each with torch threads
@@ -25,9 +28,9 @@ from multiprocessing import connection, get_context
 from pathlib import Path
 
 from ..training import config as config_mod
-from ..training import process
-from ..errors import UserError
-from ..training.files import read_json
+from ..training import lock, process
+from ..errors import ConfigError, CorruptFile, UserError
+from ..training.files import read_json, read_metrics
 
 RETRIES = 2  # a run whose worker dies is started again this many times (each time it resumes)
 
@@ -42,20 +45,32 @@ def config_difference(a: dict, b: dict) -> str:
 
 def run_state(run_dir: Path, cfg) -> str:
     """'new', 'done' (finished or diverged), 'resume' (has a checkpoint) or 'restart' (stopped before its
-    first epoch ended: nothing worth keeping). A run with another config is refused: the spec changed."""
+    first epoch ended: nothing worth keeping). A run with another config is refused: the spec changed.
+    A damaged config.toml or meta.json (or a done run's metrics.jsonl, bn_params.json, bn_history.json, which
+    the report reads; a resumed run rewrites them from its checkpoint) raises CorruptFile naming the file."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir() or not any(run_dir.iterdir()):
         return "new"
     if not (run_dir / "meta.json").is_file():
         return "restart"
     if not (run_dir / "config.toml").is_file():
-        raise UserError(f"{run_dir} has a meta.json but no config.toml: the run directory is damaged; delete it")
-    saved, wanted = config_mod.to_dict(config_mod.load(run_dir / "config.toml")), config_mod.to_dict(cfg)
+        raise CorruptFile(f"{run_dir} has a meta.json but no config.toml: the run directory is damaged; restore "
+                          f"the file, or delete {run_dir} and run the sweep again")
+    try:
+        saved = config_mod.to_dict(config_mod.load(run_dir / "config.toml"))
+    except ConfigError as e:  # not TOML, or not a config: damage, not a spec that changed
+        raise CorruptFile(f"{e} (in a sweep's run directory: restore it, or delete {run_dir} and run the sweep "
+                          f"again)") from None
+    wanted = config_mod.to_dict(cfg)
     if saved != wanted:
         raise UserError(f"{run_dir} holds a run with another config than this sweep asks for "
                         f"({config_difference(saved, wanted)}): the spec changed for this output folder. Give the "
                         f"sweep another --out (existing points may only be added to, not changed)")
     if read_json(run_dir / "meta.json").get("status") in ("finished", "diverged"):
+        read_metrics(run_dir)
+        for name in ("bn_params.json", "bn_history.json"):
+            if (run_dir / name).is_file():
+                read_json(run_dir / name)
         return "done"
     return "resume" if (run_dir / "checkpoint.pt").is_file() else "restart"
 
@@ -64,7 +79,8 @@ _DATA = {}  # per worker process: the dataset, loaded once per data.root
 
 
 def execute(task: dict, log=None) -> dict:
-    """Bring one run to an end (finished, diverged or interrupted) from whatever state it is in on disk."""
+    """Bring one run to an end (finished, diverged or interrupted) from whatever state it is in on disk; or
+    leave it, as "held" (another live process trains it) or "corrupt" (a damaged file, named)."""
     from ..training import data as data_mod
     from ..training import launch, runs
     run_dir, cfg, started = Path(task["dir"]), task["cfg"], time.perf_counter()
@@ -72,23 +88,29 @@ def execute(task: dict, log=None) -> dict:
     prefix = f"{task['point']} seed-{task['seed']}: "
     say = (lambda line: print(prefix + line.removeprefix("error: "), flush=True)) if log is None else log
     try:
-        state = run_state(run_dir, cfg)
-        if state != "done":
-            if state == "restart":
-                shutil.rmtree(run_dir)
-            root = cfg.data.root or None
-            if root not in _DATA and not launch.wanted(cfg):  # (a launched job loads its own)
-                _DATA[root] = data_mod.load_dataset(root)
-            try:
-                runs.train_run(cfg, out=run_dir, data=_DATA.get(root), log=say if task.get("verbose") else lambda _: None,
-                               resume=state == "resume", log_error=say)
-            except KeyboardInterrupt:  # it finished, and then a stop came: the caller stops after it
-                result["stop"] = True
-            result["trained"] = True
-        meta = read_json(run_dir / "meta.json")
-        rows = runs.read_metrics(run_dir)
-        result.update(status=meta["status"], epochs_done=meta.get("epochs_done", len(rows)),
-                      message=meta.get("message", ""), last=rows[-1] if rows else {})
+        with lock.holding(run_dir):  # before looking: the state may change until then (restart deletes it)
+            state = run_state(run_dir, cfg)
+            if state != "done":
+                if state == "restart":
+                    shutil.rmtree(run_dir)
+                root = cfg.data.root or None
+                if root not in _DATA and not launch.wanted(cfg):  # (a launched job loads its own)
+                    _DATA[root] = data_mod.load_dataset(root)
+                try:
+                    runs.train_run(cfg, out=run_dir, data=_DATA.get(root),
+                                   log=say if task.get("verbose") else lambda _: None, resume=state == "resume",
+                                   log_error=say)
+                except KeyboardInterrupt:  # it finished, and then a stop came: the caller stops after it
+                    result["stop"] = True
+                result["trained"] = True
+            meta = read_json(run_dir / "meta.json")
+            rows = runs.read_metrics(run_dir)
+            result.update(status=meta["status"], epochs_done=meta.get("epochs_done", len(rows)),
+                          message=meta.get("message", ""), last=rows[-1] if rows else {})
+    except lock.Held as e:
+        result.update(status="held", holder=e.holder, message=lock.describe(e.holder))
+    except CorruptFile as e:
+        result.update(status="corrupt", message=str(e))
     except UserError as e:
         result.update(status="failed", message=str(e))
     result["seconds"] = time.perf_counter() - started

@@ -21,6 +21,8 @@ import csv
 import math
 from pathlib import Path
 
+from ..errors import CorruptFile
+from ..training import lock
 from ..training.config import has_batch_stats, load as load_config
 from ..training.files import read_json, read_metrics, write_atomic
 from . import figures, sentences
@@ -34,11 +36,21 @@ CONTRAST_COLUMNS = ("a", "b", "metric", "statistic", "n", "paired", "mean_a", "m
 
 
 def load_run(run: dict) -> dict:
+    """A run's small files. A damaged one makes the run "corrupt" (its ``damage`` names the file), a run another
+    live process trains "held by another process": neither has figures, so neither is ever averaged."""
     d = Path(run["dir"])
-    meta = read_json(d / "meta.json") if (d / "meta.json").is_file() else {}
-    loaded = {"point": run["point"], "values": run["values"], "seed": run["seed"], "dir": d, "meta": meta,
-              "status": meta.get("status", "not started"), "rows": read_metrics(d),
-              "bn": has_batch_stats(load_config(d / "config.toml")) if (d / "config.toml").is_file() else True}
+    try:
+        if run.get("state") == "corrupt":  # planning found damage the files below may not show (config.toml)
+            raise CorruptFile(run["damage"])
+        meta = read_json(d / "meta.json") if (d / "meta.json").is_file() else {}
+        loaded = {"point": run["point"], "values": run["values"], "seed": run["seed"], "dir": d, "meta": meta,
+                  "status": meta.get("status", "not started"), "rows": read_metrics(d),
+                  "bn": has_batch_stats(load_config(d / "config.toml")) if (d / "config.toml").is_file() else True}
+    except CorruptFile as e:
+        loaded = {"point": run["point"], "values": run["values"], "seed": run["seed"], "dir": d, "meta": {},
+                  "status": "corrupt", "damage": str(e), "rows": [], "bn": True}
+    if loaded["status"] not in ("finished", "diverged", "corrupt") and lock.holder(d):
+        loaded["status"] = "held by another process"
     loaded["stuck"] = is_stuck(loaded)
     return loaded
 
@@ -77,7 +89,8 @@ def load_sweep(spec: dict, out, planned: list) -> dict:
 
 def counts(runs: list) -> dict:
     return {"seeds": len(runs), "finished": len(finished(runs)), "stuck": sum(r["stuck"] for r in runs),
-            "diverged": sum(r["status"] == "diverged" for r in runs)}
+            "diverged": sum(r["status"] == "diverged" for r in runs),
+            "corrupt": sum(r["status"] == "corrupt" for r in runs)}  # damaged files (load_run): never averaged
 
 
 def summary_rows(sweep: dict) -> list:
@@ -137,6 +150,8 @@ def table(sweep: dict) -> list:
 
 
 def _where(run: dict) -> str:
+    if run["status"] == "corrupt":
+        return f": {run['damage']} (left out of every figure)"
     m = run["meta"]
     if "diverged_at_epoch" in m:
         return f" at epoch {m['diverged_at_epoch']} (loss {m.get('diverged_loss')})"

@@ -43,6 +43,7 @@ from ..training import config as config_mod
 from ..errors import ConfigError, UserError
 from . import report_spec
 
+MAX_RUNS = 10_000  # more runs than this need --max-runs N: a typo (seeds = 1000 on a big grid) is refused at once
 SPEC_KEYS = ("question", "title", "config", "seeds", "set", "grid", "zip", "points", "when", "report")
 
 
@@ -208,14 +209,14 @@ def spec_from_args(config: str, grid_args: list, seeds: int) -> dict:
 def check_spec(spec: dict) -> dict:
     """Shape checks that need no config: seeds, an empty grid, the report's options, repeated keys."""
     seeds = spec["seeds"]
-    if isinstance(seeds, bool) or not isinstance(seeds, (int, list)):
+    if isinstance(seeds, bool) or not isinstance(seeds, (int, list, range)):
         raise UserError(f"seeds must be a number of seeds or a list of seeds, got {seeds!r}")
     if isinstance(seeds, int):
         if seeds < 1:
             raise UserError(f"seeds = {seeds}: give at least 1 (statistics over seeds need 2 or more)")
-        seeds = list(range(seeds))
-    if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds) \
-            or len(set(seeds)) != len(seeds):
+        seeds = range(seeds)  # not listed yet: counted first (check_size), whatever the number
+    elif isinstance(seeds, list) and (not seeds or len(set(seeds)) != len(seeds) or any(
+            isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds)):
         raise UserError(f"seeds = {spec['seeds']!r}: give a number >= 1 or a list of distinct integers >= 0")
     spec["seeds"] = seeds
     for key, values in spec["grid"].items():
@@ -239,6 +240,29 @@ def check_spec(spec: dict) -> dict:
 
 
 # --- points and runs --------------------------------------------------------------------------------------
+
+def run_count(spec: dict) -> tuple:
+    """(points, seeds) from the spec's lengths alone, nothing built: the grid's product plus the explicit
+    points (1 for a seeds-only sweep), and the number of seeds."""
+    axes = [len(values) for values in spec["grid"].values()]
+    axes += [len(next(iter(spec["zip"].values())))] if spec.get("zip") else []  # a zip is one more axis
+    grid = math.prod(axes) if axes else 0
+    return (grid + len(spec["points"])) or 1, len(spec["seeds"])
+
+
+def check_size(spec: dict, max_runs: int = MAX_RUNS) -> None:
+    """Refuse, before anything is built, a sweep of more than ``max_runs`` runs (one error line: the count,
+    and the flag that confirms it)."""
+    points, seeds = run_count(spec)
+    if points * seeds > max_runs:
+        grid = " x ".join([str(len(v)) for v in spec["grid"].values()]
+                          + ([str(len(next(iter(spec["zip"].values()))))] if spec.get("zip") else []))
+        shape = (f"a {grid} grid" if grid else "") + \
+            (f"{' + ' if grid else ''}{len(spec['points'])} point(s)" if spec["points"] else "")
+        raise UserError(f"this sweep plans {points * seeds:,} runs ({shape or '1 point'} = {points:,} point(s) x "
+                        f"{seeds:,} seed(s)), more than --max-runs {max_runs:,}: check the grid and seeds, or "
+                        f"confirm the count with --max-runs {points * seeds}")
+
 
 def points_of(spec: dict) -> list:
     """The grid's product (keys in spec order, the zip as its last axis), then the explicit points; each

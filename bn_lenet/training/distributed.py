@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from . import device as device_mod
 from ..errors import ConfigError, UserError
 
 TIMEOUT_ENV = "BN_LENET_DIST_TIMEOUT"
@@ -244,8 +245,8 @@ def device_for(job: Job, name: str) -> torch.device:
     if name.startswith("cuda:"):
         raise ConfigError(f"train.device = {name!r}: in a torchrun job each process uses the GPU of its local "
                           f"rank; use train.device=cuda (or auto)")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "auto":  # CUDA if visible, unless BN_LENET_DEVICE says (device.py)
+        name = device_mod.auto()
     if name == "cuda":
         if not torch.cuda.is_available():
             raise UserError("train.device is 'cuda' but no CUDA GPU is visible to PyTorch; use "

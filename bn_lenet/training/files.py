@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UserError
+from ..errors import CorruptFile, UserError
 from .train import EpochStats
 
 
@@ -51,11 +51,76 @@ def write_json(path: Path, obj) -> None:
     write_atomic(path, json.dumps(obj, indent=1) + "\n")
 
 
-def read_json(path: Path):
+# --- reading a run's (or a sweep's) small files: damage is named, never a traceback ------------------------
+# Every reader raises CorruptFile (one line: the file, the line, what to do) for a file that cannot be read, is
+# not JSON, or does not hold what the code after it indexes into. A sweep lists such a run as "corrupt" and goes
+# on (executor.run_state, report.load_run); a command on one run stops with that line.
+
+def _damaged(path: Path, what: str) -> CorruptFile:
+    path = Path(path)
+    if path.name == "sweep.json":
+        todo = "this sweep directory is damaged: restore the file, or delete it (the next sweep writes it again)"
+    else:
+        todo = (f"this run directory is damaged: restore the file, or delete {path.parent} and run the sweep or "
+                f"the run again")
+    return CorruptFile(f"{path} {what}: {todo}")
+
+
+def _text(path: Path) -> str:
     try:
-        return json.loads(Path(path).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is not valid JSON ({e}): this run directory is damaged") from None
+        return Path(path).read_text()
+    except UnicodeDecodeError:
+        raise _damaged(path, "is not a text file") from None
+    except OSError as e:
+        raise _damaged(path, f"cannot be read ({e.strerror or e})") from None
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _bn_params_problem(params) -> str:
+    if not isinstance(params, dict):
+        return "is not a {layer: {gamma, beta}} table"
+    for layer, p in params.items():
+        if not isinstance(p, dict) or not all(isinstance(p.get(k), list) and all(map(_number, p[k]))
+                                              for k in ("gamma", "beta")):
+            return f"has no lists of numbers gamma and beta for layer {layer!r}"
+    return ""
+
+
+def _shape_problem(name: str, obj) -> str:
+    """What is wrong with the content of a run's or sweep's JSON file, by its name ("" = nothing)."""
+    if name == "meta.json":
+        if not isinstance(obj, dict):
+            return "is not a JSON object"
+        if not isinstance(obj.get("status", ""), str) or not isinstance(obj.get("epochs_done", 0), int):
+            return "has a status or epochs_done of the wrong type"
+    elif name == "bn_params.json":
+        return _bn_params_problem(obj)
+    elif name == "bn_history.json":
+        if not isinstance(obj, list):
+            return "is not a list of epochs"
+        for i, entry in enumerate(obj, 1):
+            if not isinstance(entry, dict) or not isinstance(entry.get("epoch"), int) or \
+                    _bn_params_problem(entry.get("params")):
+                return f"entry {i} is not an {{epoch, params}} pair with gamma and beta per layer"
+    elif name == "sweep.json" and not isinstance(obj, dict):  # (what a sweep reads of it: sweep.previous_record)
+        return "is not a JSON object"
+    return ""
+
+
+def read_json(path: Path):
+    """A JSON file; meta.json, bn_params.json, bn_history.json and sweep.json are checked for their shape."""
+    path = Path(path)
+    try:
+        obj = json.loads(_text(path))
+    except json.JSONDecodeError as e:
+        raise _damaged(path, f"is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    problem = _shape_problem(path.name, obj)
+    if problem:
+        raise _damaged(path, problem)
+    return obj
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -90,6 +155,24 @@ def write_metrics(run_dir: Path, rows: list) -> None:
     write_atomic(run_dir / "metrics.csv", buf.getvalue())
 
 
+METRIC_KEYS = ("epoch", "loss", "train_acc", "test_acc", "examples_per_sec", "seconds")  # every row has these
+
+
 def read_metrics(run_dir) -> list:
+    """metrics.jsonl's rows ([] if there is none); a line that is not an epoch's row raises CorruptFile."""
     path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    if not path.exists():
+        return []
+    rows = []
+    for n, line in enumerate(_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise _damaged(path, f"line {n} is not valid JSON ({e.msg}, column {e.colno})") from None
+        missing = [k for k in METRIC_KEYS if not isinstance(row, dict) or not _number(row.get(k))]
+        if missing:
+            raise _damaged(path, f"line {n} is not an epoch's row (no number {missing[0]!r})")
+        rows.append(row)
+    return rows

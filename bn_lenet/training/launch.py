@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from . import config as config_mod
+from . import lock
 from ..errors import UserError
 from .files import read_json, write_json
 from .process import stop_signals_to
@@ -110,8 +111,10 @@ def train(cfg, run_dir: Path, resume: bool, log=print, log_error=print) -> tuple
             config_file = Path(tmp) / "config.toml"  # the resolved config, as the run will save it
             config_file.write_text(config_mod.to_toml(cfg))
             args = [str(config_file), "--out", str(run_dir)]
+        # The job trains the run whose lock this process holds: its rank 0 takes it over (lock.py).
+        env = {**child_env(cfg), **lock.inherited_env(run_dir)}
         proc = subprocess.Popen(command(n, args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=child_env(cfg), start_new_session=True, preexec_fn=_die_with_parent)
+                                env=env, start_new_session=True, preexec_fn=_die_with_parent)
         stderr = []
         reader = threading.Thread(target=lambda: stderr.extend(proc.stderr), daemon=True)
         reader.start()

@@ -11,10 +11,8 @@ from contextlib import contextmanager
 def trains_on_cpu(device: str) -> bool:
     """Whether a config's train.device ("auto", "cpu", "cuda", "cuda:1") trains on the CPU, as
     train.resolve_device decides it."""
-    if device == "auto":
-        import torch  # only here: the CLI imports this module before it needs torch
-        return not torch.cuda.is_available()
-    return device == "cpu"
+    from .device import settle
+    return settle(device) == "cpu"
 
 
 def keep_freed_memory(device: str = "cpu") -> bool:

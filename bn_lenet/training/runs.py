@@ -19,15 +19,17 @@ import itertools
 import os
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import torch
 
 from . import config as config_mod
 from . import data as data_mod
+from . import device as device_mod
 from . import distributed
 from . import launch
+from . import lock
 from . import tb_log
 from .distributed import SINGLE
 from ..errors import UserError
@@ -157,13 +159,16 @@ def train_run(cfg, out=None, name="run", data=None, progress=False, log=print, r
     ``on_epoch(stats, model)`` runs after each saved epoch (the Python API's live plot).
     With train.processes > 1 outside torchrun, the run is trained by a torchrun job launched from here
     (launch.py): the same run directory, meta.json and messages.
+    One process trains a run directory at a time: its lock (lock.py) is held from before anything in it is
+    read or written until the run ends, however it ends; a run another live process holds raises lock.Held.
     """
-    if job is SINGLE and launch.wanted(cfg):
-        return _launch_run(cfg, out, name, log, resume, log_error or log, on_epoch)
-    # From here on Ctrl-C / SIGTERM stop the run at the next batch boundary, whenever they come.
-    with stop_on_signals() as stop_requested:
-        meta = _train_run(cfg, out, name, data, progress, log, resume, log_error or log, stop_requested, job,
-                          on_epoch)
+    with ExitStack() as held:  # the run directory's lock, once taken (released on the way out, however)
+        if job is SINGLE and launch.wanted(cfg):
+            return _launch_run(cfg, out, name, log, resume, log_error or log, on_epoch, held)
+        # From here on Ctrl-C / SIGTERM stop the run at the next batch boundary, whenever they come.
+        with stop_on_signals() as stop_requested:
+            meta = _train_run(cfg, out, name, data, progress, log, resume, log_error or log, stop_requested, job,
+                              on_epoch, held)
     if stop_requested() and meta["status"] == "finished" and not job.distributed:
         # The stop came after the last batch: this run is complete and saved, but a caller running many
         # runs (the seed study) must stop too, not start the next one. (A torchrun job is one run; its
@@ -172,27 +177,44 @@ def train_run(cfg, out=None, name="run", data=None, progress=False, log=print, r
     return meta
 
 
-def _launch_run(cfg, out, name, log, resume, log_error, on_epoch) -> dict:
+def _launch_run(cfg, out, name, log, resume, log_error, on_epoch, held) -> dict:
     if on_epoch is not None:
         raise UserError(f"train.processes = {cfg.train.processes}: this run trains in other processes, so its "
                         f"model never comes back here; use `bn-lenet run` with it, or train.processes=1")
-    import torch
-    config_mod.check_processes(cfg, cuda=torch.cuda.is_available())  # "auto" settled: before a process starts
+    config_mod.check_processes(cfg, cuda=device_mod.auto() == "cuda")  # "auto" settled: before a process starts
     if not resume:
         data_mod.find_files(cfg.data.root or None)  # no data: one error line here, not one from the job
-    run_dir = Path(out) if resume else new_run_dir(out, name)
+    # This process holds the lock for the job it launches (whose rank 0 takes it over from here: lock.py).
+    run_dir = _locked_run_dir(out, name, resume, held)
     meta, stopped = launch.train(cfg, run_dir, resume, log, log_error)
     if stopped and meta["status"] == "finished":  # as train_run: a caller running many runs stops too
         raise KeyboardInterrupt
     return meta
 
 
-def _train_run(cfg, out, name, data, progress, log, resume, log_error, stop_requested, job, on_epoch) -> dict:
+def _locked_run_dir(out, name, resume: bool, held: ExitStack) -> Path:
+    """The run directory, with its lock held (in ``held``): to resume, ``out``; else a new one, made only
+    once its lock is held, so that two processes never both find it empty and start writing."""
+    if resume:
+        held.enter_context(lock.holding(out))
+        return Path(out)
+    if out:
+        held.enter_context(lock.holding(out, hint="choose another --out"))
+        return new_run_dir(out, name)  # (checks again, under the lock, that it is new or empty)
+    run_dir = new_run_dir(out, name)  # a new name: nobody else knows it yet
+    held.enter_context(lock.holding(run_dir))
+    return run_dir
+
+
+def _train_run(cfg, out, name, data, progress, log, resume, log_error, stop_requested, job, on_epoch,
+               held) -> dict:
     # User errors (a bad --out, no GPU, no data, log.tensorboard without TensorBoard) are found before anything
     # is written; in a data-parallel job
     # every process finds them together and all stop with the same one (job.together).
     writes = job.is_main  # rank 0 alone writes the run directory
     with job.together():
+        if resume and writes:  # before the run directory is read: nobody else may be writing it
+            _locked_run_dir(out, name, resume, held)
         if out and not resume:
             check_out(out)
         if cfg.log.tensorboard:
@@ -214,7 +236,7 @@ def _train_run(cfg, out, name, data, progress, log, resume, log_error, stop_requ
             for leftover in run_dir.glob("*.tmp"):  # half-written by a killed process; never read
                 leftover.unlink()
         elif not resume:
-            run_dir, ckpt = (new_run_dir(out, name) if writes else Path(out or "")), None
+            run_dir, ckpt = (_locked_run_dir(out, name, resume, held) if writes else Path(out or "")), None
             if writes:
                 write_atomic(run_dir / "config.toml", config_mod.to_toml(cfg))
             meta = {"seed": cfg.train.seed, "command": _command(), "started": _now()}

@@ -24,6 +24,7 @@ from dataclasses import dataclass, asdict
 import torch
 from torch import nn
 
+from . import device as device_mod
 from . import graph_step
 from .data import FashionMNIST, epoch_order, num_batches, to_float
 from .distributed import SINGLE, share
@@ -63,8 +64,8 @@ class Interrupted(Exception):
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "auto":  # CUDA if visible, unless BN_LENET_DEVICE says (device.py)
+        return torch.device(device_mod.auto())
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"train.device is {name!r} but no CUDA GPU is visible to PyTorch "
                         f"(torch.cuda.is_available() is False); use --set train.device=auto or cpu")
