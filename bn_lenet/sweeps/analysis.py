@@ -12,7 +12,7 @@ import math
 from ..errors import UserError
 from ..training.files import read_json
 from . import rule
-from .report_spec import DEFAULT_MARGIN, matches
+from .report_spec import DEFAULT_MARGIN, check_against, matches
 from .stats import by_seed, describe, finished, steady, swing
 
 NO_RUN = "no finished run"
@@ -20,6 +20,7 @@ NO_RUN = "no finished run"
 
 def analyse(sweep: dict) -> dict:
     report, where = sweep["spec"]["report"], sweep["spec"].get("spec_file") or sweep["spec"]["name"]
+    check_against(report, sweep["points"], where)
     check_recorded(sweep, where)
     items = [dict(i, kind=kind) for kind in ("contrast", "limit", "ranking", "layers") for i in report[kind]]
     if not any(i["kind"] != "layers" for i in items):

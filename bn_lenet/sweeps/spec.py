@@ -235,7 +235,6 @@ def check_spec(spec: dict) -> dict:
     if both:
         raise UserError(f"{', '.join(both)} is both fixed ([set] / --set) and swept (a grid key or a point's "
                         f"key): keep one")
-    report_spec.check_against(spec["report"], points_of(spec), spec.get("spec_file") or spec["name"])
     return spec
 
 

@@ -201,7 +201,7 @@ def write_sweep_json(spec: dict, out: Path, planned: list, provenance: dict, ans
     runs = [{"point": r["point"], "values": r["values"], "seed": r["seed"],
              "dir": str(Path(r["dir"]).relative_to(out)), "overrides": r["overrides"], "status": status(r)}
             for r in planned]
-    write_json(out / "sweep.json", {"name": spec["name"], "spec": {k: v for k, v in spec.items() if k != "name"},
+    write_json(out / "sweep.json", {"name": spec["name"], "spec": {k: list(v) if k == "seeds" else v for k, v in spec.items() if k != "name"},
                                     "provenance": provenance, "runs": runs, **({"answer": answer} if answer else {})})
 
 
@@ -264,4 +264,7 @@ def spec_for(target: str, grid=(), seeds=None, sets=(), max_runs=MAX_RUNS) -> di
     spec = check_spec(spec)
     check_size(spec, max_runs)
     spec["seeds"] = list(spec["seeds"])  # (counted first: a typo of a billion seeds is never listed)
+    from .report_spec import check_against
+    from .spec import points_of
+    check_against(spec["report"], points_of(spec), spec.get("spec_file") or spec["name"])  # before any training
     return spec
