@@ -175,6 +175,13 @@ def test_a_run_with_every_key_at_its_default_trains_bitwise_as_one_without_them(
     assert not (explicit / "curve.jsonl").exists() and not (explicit / "landscape.jsonl").exists()
 
 
+def test_inspect_names_the_new_model_keys_only_when_set():
+    from bn_lenet.network.options import describe
+    assert describe(config.resolve(None, []))[0].endswith("activation sigmoid, bias true")
+    line = describe(config.resolve(None, ["model.dropout=0.25", "model.init=kaiming", "model.init_scale=2"]))[0]
+    assert line.endswith("bias true, dropout 0.25, init kaiming x 2")
+
+
 # --- model.dropout ----------------------------------------------------------------------------------------------
 
 def test_dropout_sits_after_fc1_and_fc2_is_active_in_training_and_off_in_eval():
