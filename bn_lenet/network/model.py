@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .batchnorm import BatchNorm
-from .options import (ACTIVATIONS, BATCH_NORMS, LAYERS, NORMS, PLACEMENTS, carries_norm, effective,
+from .options import (ACTIVATIONS, BATCH_NORMS, INITS, LAYERS, NORMS, PLACEMENTS, carries_norm, effective,
                       torch_momentum)
 from .pool import AvgPool2x2
 
@@ -33,7 +33,8 @@ def _norm_layer(norm: str, num_features: int, num_dims: int, bn_options: dict) -
 
 
 def lenet(norm: str = "scratch", *, placement: str = "before", norm_layers=LAYERS, activation: str = "sigmoid",
-          bias: bool = True, scale: bool = True, center: bool = True, **bn_options) -> nn.Sequential:
+          bias: bool = True, scale: bool = True, center: bool = True, dropout: float = 0.0, init: str = "xavier",
+          init_scale: float = 1.0, **bn_options) -> nn.Sequential:
     """The d2l BN LeNet: conv(1,6,5) BN sigmoid avgpool, conv(6,16,5) BN sigmoid avgpool, flatten,
     linear(256,120) BN sigmoid, linear(120,84) BN sigmoid, linear(84,10). Input (N, 1, 28, 28).
 
@@ -42,16 +43,20 @@ def lenet(norm: str = "scratch", *, placement: str = "before", norm_layers=LAYER
     (see config.py); their defaults build the tutorial's network. ``placement="after"`` puts the norm right
     after the activation (conv, act, norm, pool). ``bias=False`` drops the bias of the layers that carry a norm.
     The avg-pool is ``pool.AvgPool2x2``: nn.AvgPool2d(2, 2)'s values, faster on CPU.
-    Weights are Xavier-uniform initialized as in the tutorial (see ``init_weights``).
+    ``dropout`` > 0 adds ``nn.Dropout`` (named ``drop``) at the end of the fc1 and fc2 blocks: on the hidden units
+    fc2 and fc3 read (after the activation; after the norm with placement "after"). At 0 there is no such module.
+    Weights are Xavier-uniform initialized as in the tutorial, or as ``init`` says, times ``init_scale``
+    (see ``init_weights``).
     """
     if norm not in NORMS:
         raise ValueError(f"unknown norm {norm!r}: choose one of {', '.join(NORMS)}")
-    if placement not in PLACEMENTS or activation not in ACTIVATIONS or not set(norm_layers) <= set(LAYERS):
+    if placement not in PLACEMENTS or activation not in ACTIVATIONS or not set(norm_layers) <= set(LAYERS) \
+            or init not in INITS or not 0 <= dropout < 1:
         raise ValueError(f"bad option: placement {placement!r}, activation {activation!r}, norm_layers "
-                         f"{norm_layers!r}")
+                         f"{norm_layers!r}, init {init!r}, dropout {dropout!r}")
     act = nn.Sigmoid if activation == "sigmoid" else nn.ReLU
 
-    def block(name, layer_name, make_layer, channels, num_dims, pool):
+    def block(name, layer_name, make_layer, channels, num_dims, pool, drop=False):
         has_norm = norm != "none" and name in norm_layers
         layers = [(layer_name, make_layer(bias or not has_norm))]  # conv/linear first: they draw the init RNG
         norm_part = _norm_layer(norm, channels, num_dims, bn_options) if has_norm else []
@@ -61,17 +66,19 @@ def lenet(norm: str = "scratch", *, placement: str = "before", norm_layers=LAYER
             layers += [*norm_part, ("act", act())]
         else:
             layers += [("act", act()), *norm_part]
+        if drop and dropout > 0:  # none at 0: the default network's modules stay the tutorial's
+            layers.append(("drop", nn.Dropout(dropout)))
         return nn.Sequential(OrderedDict(layers + ([("pool", AvgPool2x2())] if pool else [])))
 
     net = nn.Sequential(OrderedDict([
         ("conv1", block("conv1", "conv", lambda b: nn.Conv2d(1, 6, kernel_size=5, bias=b), 6, 4, True)),
         ("conv2", block("conv2", "conv", lambda b: nn.Conv2d(6, 16, kernel_size=5, bias=b), 16, 4, True)),
         ("flatten", nn.Flatten()),
-        ("fc1", block("fc1", "linear", lambda b: nn.Linear(16 * 4 * 4, 120, bias=b), 120, 2, False)),
-        ("fc2", block("fc2", "linear", lambda b: nn.Linear(120, 84, bias=b), 84, 2, False)),
+        ("fc1", block("fc1", "linear", lambda b: nn.Linear(16 * 4 * 4, 120, bias=b), 120, 2, False, drop=True)),
+        ("fc2", block("fc2", "linear", lambda b: nn.Linear(120, 84, bias=b), 84, 2, False, drop=True)),
         ("fc3", nn.Linear(84, 10)),
     ]))
-    init_weights(net)
+    init_weights(net, init, init_scale)
     return net
 
 
@@ -89,7 +96,8 @@ def from_config(cfg) -> nn.Sequential:
         else:
             bn_options = {"eps": eff["eps"], "groups": bn.groups}
     return lenet(norm, placement=m.placement, norm_layers=tuple(carries_norm(cfg)), activation=m.activation,
-                 bias=m.bias, scale=bn.scale, center=bn.center, **bn_options)
+                 bias=m.bias, scale=bn.scale, center=bn.center, dropout=m.dropout, init=m.init,
+                 init_scale=m.init_scale, **bn_options)
 
 
 def fix_affine(layer: nn.Module, scale: bool = True, center: bool = True) -> None:
@@ -106,11 +114,22 @@ def fix_affine(layer: nn.Module, scale: bool = True, center: bool = True) -> Non
         layer.register_buffer(attr, value)
 
 
-def init_weights(net: nn.Module) -> None:
-    """The tutorial's init: Xavier-uniform on Conv2d/Linear weights only; biases and BN keep defaults."""
+def init_weights(net: nn.Module, init: str = "xavier", scale: float = 1.0) -> None:
+    """The initial Conv2d/Linear weights (model.init, model.init_scale); biases and BN keep PyTorch's defaults.
+
+    xavier: the tutorial's, Xavier-uniform (Glorot), U(-a, a) with a = sqrt(6 / (fan_in + fan_out)).
+    torch: what nn.Conv2d/nn.Linear drew when built (kaiming-uniform with a = sqrt(5): U(-b, b), b = 1/sqrt(fan_in)).
+    kaiming: He normal, N(0, 2 / fan_in) (fan_in mode, ReLU's gain sqrt(2), whatever model.activation is).
+    ``scale`` then multiplies every such weight (1: left as drawn)."""
     for m in net.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
-            nn.init.xavier_uniform_(m.weight)
+            if init == "xavier":
+                nn.init.xavier_uniform_(m.weight)
+            elif init == "kaiming":
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            if scale != 1.0:
+                with torch.no_grad():
+                    m.weight.mul_(scale)
 
 
 def is_bn(module: nn.Module) -> bool:

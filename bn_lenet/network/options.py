@@ -31,6 +31,7 @@ CHANNELS = {"conv1": 6, "conv2": 16, "fc1": 120, "fc2": 84}
 PLACEMENTS = ("before", "after")
 ACTIVATIONS = ("sigmoid", "relu")
 NORMALIZE = ("full", "mean", "var")
+INITS = ("xavier", "torch", "kaiming")             # model.init: model.init_weights says what each draws
 PRESETS = {"tutorial": {"momentum": 0.9, "eps": 1e-5, "unbiased": False},
            "pytorch": {"momentum": 0.9, "eps": 1e-5, "unbiased": True},
            "keras": {"momentum": 0.99, "eps": 1e-3, "unbiased": False}}
@@ -79,6 +80,14 @@ def check(cfg, defaults) -> None:
                 f"choose from {', '.join(LAYERS)}")
     if len(set(m.norm_layers)) != len(m.norm_layers):
         _refuse("model.norm_layers", m.norm_layers, "names a layer twice")
+    if not 0.0 <= m.dropout < 1.0:
+        _refuse("model.dropout", m.dropout, "is out of range: it must be in [0, 1) (the probability of zeroing a unit; "
+                "0 = no dropout)")
+    if m.init not in INITS:
+        _refuse("model.init", m.init, one_of(INITS))
+    if not (m.init_scale > 0 and m.init_scale < float("inf")):
+        _refuse("model.init_scale", m.init_scale, "is out of range: it must be a finite number > 0 (1 = the init "
+                "as drawn)")
     if bn.preset and bn.preset not in PRESETS:
         _refuse("bn.preset", bn.preset, one_of(PRESETS) + " (or leave it unset: the norm's own)")
     if bn.momentum is not None and not 0.0 <= bn.momentum <= 1.0:
@@ -158,6 +167,8 @@ def describe(cfg) -> list:
     layers = " ".join(carries_norm(cfg)) or "none"
     lines = [f"model: norm {norm}, placement {m.placement}, norm layers {layers}, activation {m.activation}, "
              f"bias {str(m.bias).lower()}"]
+    if (m.dropout, m.init, m.init_scale) != (0.0, "xavier", 1.0):  # the tutorial's line stays as it was
+        lines[0] += f", dropout {m.dropout:g}, init {m.init} x {m.init_scale:g}"
     if not carries_norm(cfg):
         return lines + ["bn: no norm layer"]
     eff, on = effective(cfg), lambda flag: str(flag).lower()  # noqa: E731

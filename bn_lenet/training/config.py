@@ -33,6 +33,10 @@ class ModelConfig:
     norm_layers: list[str] = field(default_factory=lambda: list(options.LAYERS))  # layers carrying a norm
     activation: str = "sigmoid"    # every hidden activation: "sigmoid" | "relu"
     bias: bool = True              # false: no bias in the conv/linear layers that carry a norm (beta does its job)
+    dropout: float = 0.0           # dropout probability on the output of fc1 and fc2 (training only); 0 = none
+    init: str = "xavier"           # conv/linear weights: "xavier" (uniform, the tutorial's) | "torch" (PyTorch's own
+                                   # default) | "kaiming" (He normal, fan_in, ReLU gain); biases: PyTorch's default
+    init_scale: float = 1.0        # multiplies the initial conv/linear weights (after model.init); > 0
 
 
 @dataclass
@@ -53,7 +57,7 @@ class BNConfig:
 
 @dataclass
 class TrainConfig:
-    lr: float = 1.0                # SGD, no momentum, no weight decay
+    lr: float = 1.0                # SGD, no momentum
     lr_schedule: str = "constant"  # "constant" (the tutorial's) | "cosine" | "step": per epoch (train.epoch_lr)
     epochs: int = 10
     batch_size: int = 256
@@ -68,6 +72,7 @@ class TrainConfig:
     threads: int = 0               # CPU threads for torch; 0 = torch's default (processes > 1: 0 = 1 per process)
     processes: int = 1             # data-parallel processes: > 1 launches the run as a torchrun job of that many
                                    # (bn_lenet/training/launch.py); 1 = one process, or whatever torchrun gives it
+    weight_decay: float = 0.0      # SGD weight decay on the conv/linear weights only (not biases, gamma, beta); >= 0
 
 
 @dataclass
@@ -76,6 +81,7 @@ class EvalConfig:
     precise_bn: bool = False       # also report test accuracy with BN statistics re-estimated each epoch
     precise_bn_batches: int = 0    # training batches used to re-estimate them; 0 = the whole training set
     batch_stats: bool = False      # also report test accuracy with each test batch's own BN statistics
+    precise_bn_epochs: str = "all"  # eval.precise_bn after "all" epochs or only the "last" one (cheaper)
 
 
 @dataclass
@@ -88,6 +94,11 @@ class LogConfig:
     grad_norms: bool = False       # grad_norms.jsonl: per epoch, mean gradient L2 norm of every weight, gamma, beta
     tensorboard: bool = False      # also write TensorBoard event files into the run's tb/ (bn_lenet/training/tb_log.py);
                                    # needs the extra: pip install 'bn-lenet[tensorboard]'
+    landscape: bool = False        # landscape.jsonl: loss landscape and internal covariate shift along the SGD step
+                                   # (bn_lenet/training/landscape.py)
+    landscape_every: int = 50      # measure before steps 1, 1 + N, 1 + 2N, ... of the run
+    eval_every: float = 0.0        # curve.jsonl: test accuracy every this fraction of an epoch, in (0, 1]; 0 = off
+                                   # (bn_lenet/training/curve.py)
 
 
 @dataclass
@@ -102,6 +113,7 @@ class Config:
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
 PRECISIONS = ("fp32", "tf32", "bf16")
+PRECISE_BN_EPOCHS = ("all", "last")
 
 
 # --- validation ---------------------------------------------------------------------------------------
@@ -141,6 +153,11 @@ def validate(cfg: Config) -> Config:
         ("train.processes", t.processes >= 1, ">= 1 (1 = one process)"),
         ("eval.batch_size", e.batch_size >= 1, ">= 1"),
         ("eval.precise_bn_batches", e.precise_bn_batches >= 0, ">= 0 (0 = the whole training set)"),
+        ("train.weight_decay", math.isfinite(t.weight_decay) and t.weight_decay >= 0, "a finite number >= 0 (0 = off)"),
+        ("eval.precise_bn_epochs", e.precise_bn_epochs in PRECISE_BN_EPOCHS, '"all" or "last"'),
+        ("log.landscape_every", cfg.log.landscape_every >= 1, ">= 1 (training steps between two measurements)"),
+        ("log.eval_every", math.isfinite(cfg.log.eval_every) and 0 <= cfg.log.eval_every <= 1,
+         "0 (off) or a fraction of an epoch in (0, 1], e.g. 0.25"),
     ]
     for key, ok, allowed in rules:
         if not ok:
@@ -157,6 +174,7 @@ def validate(cfg: Config) -> Config:
         # has been verified on a GPU (then allow it and say where).
         raise ConfigError("train.compile = true together with train.cuda_graph = true has not been verified on a "
                           "GPU in this project; set one of them to false")
+    _check_studies(cfg)
     if t.processes > 1:
         check_processes(cfg)
     options.check(cfg, Config())  # model and BN options: ranges, and what the chosen norm can honor
@@ -167,6 +185,27 @@ def has_batch_stats(cfg: Config) -> bool:
     """Whether the network normalizes with batch statistics anywhere (BN in at least one layer): only then do
     moving statistics, precise BN and synced BN mean anything."""
     return bool(cfg.model.norm in options.BATCH_NORMS and cfg.model.norm_layers)
+
+
+def _check_studies(cfg: Config) -> None:
+    """The keys of the studies' measurements (precise BN once, the landscape): what would do nothing, and what
+    cannot be combined with them."""
+    log, defaults = cfg.log, LogConfig()
+    if cfg.eval.precise_bn_epochs != "all" and not cfg.eval.precise_bn:
+        raise ConfigError(f"eval.precise_bn_epochs = {cfg.eval.precise_bn_epochs!r} has no effect without "
+                          f"eval.precise_bn = true; set eval.precise_bn=true or drop it")
+    if log.landscape_every != defaults.landscape_every and not log.landscape:
+        raise ConfigError(f"log.landscape_every = {log.landscape_every} has no effect without log.landscape = true; "
+                          f"set log.landscape=true or drop it")
+    if log.landscape:
+        # The measurement runs eagerly on a copy of the model before the step; it must see the step's own
+        # gradient (same weights, batch, dropout mask). A captured or compiled step is another computation.
+        for key, on, why in (("train.cuda_graph", cfg.train.cuda_graph, "the captured step is replayed as a whole"),
+                             ("train.compile", cfg.train.compile, "the measurement is eager, so its gradient would "
+                              "not be the compiled step's own")):
+            if on:
+                raise ConfigError(f"log.landscape = true cannot be used with {key} = true ({why}); turn one of "
+                                  f"them off")
 
 
 def check_processes(cfg: Config, cuda: bool | None = None, world: int | None = None) -> None:
@@ -181,6 +220,10 @@ def check_processes(cfg: Config, cuda: bool | None = None, world: int | None = N
             raise ConfigError(f"{key} = true cannot be used with {where} (DDP's and synced BN's collectives are "
                               f"outside the compiled step); set {key}=false"
                               + (" or train.processes=1" if world is None else ""))
+    for key, on in (("log.landscape", cfg.log.landscape), ("log.eval_every", cfg.log.eval_every)):
+        if on:  # each measures one process's model and batch; not written for a job
+            raise ConfigError(f"{key} = {on!r} cannot be used with {where} (it measures the model of one process); "
+                              f"turn it off" + (" or set train.processes=1" if world is None else ""))
     if world is None and t.device.startswith("cuda:"):
         raise ConfigError(f"train.device = {t.device!r} with train.processes = {n}: each process uses the GPU of "
                           f"its local rank; use train.device=cuda (or auto)")

@@ -28,8 +28,10 @@ def draw_curves(ax, rows: list, title: str = "") -> None:
     ax.plot(epochs, [r["loss"] for r in rows], "-", label="train loss")
     ax.plot(epochs, [r["train_acc"] for r in rows], "m--", label="train acc")
     ax.plot(epochs, [r["test_acc"] for r in rows], "g-.", label="test acc")
-    if any("test_acc_precise" in r for r in rows):
-        ax.plot(epochs, [r.get("test_acc_precise") for r in rows], "k:", label="test acc (precise BN)")
+    precise = [r.get("test_acc_precise") for r in rows]
+    if any(v is not None for v in precise):  # eval.precise_bn_epochs = "last": one point, drawn as a dot
+        ax.plot(epochs, precise, "k:", marker="o" if sum(v is not None for v in precise) == 1 else None,
+                label="test acc (precise BN)")
     ax.set_xlabel("epoch")
     ax.set_xlim(min(epochs) - 0.2 if len(epochs) == 1 else min(epochs), max(epochs) + (0.2 if len(epochs) == 1 else 0))
     ax.grid(True, alpha=0.3)

@@ -5,6 +5,8 @@
     bn_params.json   {layer: {"gamma": [...], "beta": [...]}} after the last finished epoch, every norm layer
     bn_history.json  the same for every epoch: [{"epoch": 1, "params": {...}}, ...]
     grad_norms.jsonl with log.grad_norms: one row per epoch, {"epoch": e, "conv1.conv.weight": mean grad norm, ...}
+    landscape.jsonl  with log.landscape: one row per measured step (landscape.py)
+    curve.jsonl      with log.eval_every: one row per fraction of an epoch (curve.py)
     checkpoint.pt    model, optimizer, epoch, config, RNG states, history (the source of truth for resume)
     meta.json        versions, device, seed, git commit, times, command, status
     curves.png, bn_params.png
@@ -38,6 +40,8 @@ from .files import (signal_for_tests, load_checkpoint, read_json, read_metrics, 
 from ..network.model import bn_params, from_config
 from .process import stop_signals_to
 from .provenance import environment
+from .curve import Curve
+from .landscape import Landscape
 from .train import Diverged, EpochStats, GradNorms, Interrupted, fit, make_optimizer, resolve_device, uses_tf32
 
 RUNS_DIR = Path("results/runs")
@@ -114,15 +118,17 @@ def nonfinite_tensors(model) -> list:
     return [name for name, ok in zip(tensors, finite) if not ok]
 
 
-def write_epoch_files(run_dir: Path, history: list, bn_history: list, grad_norms=None) -> None:
-    """Metrics, BN parameters and (a list, with log.grad_norms) gradient norms as of the last finished epoch
-    (the checkpoint has the same)."""
+def write_epoch_files(run_dir: Path, history: list, bn_history: list, grad_norms=None, logs=None) -> None:
+    """Metrics, BN parameters, (a list, with log.grad_norms) gradient norms and (``logs``, {file: rows}) the
+    measurements' rows as of the last finished epoch (the checkpoint has the same)."""
     write_metrics(run_dir, history)
     if bn_history:
         write_json(run_dir / "bn_params.json", bn_history[-1]["params"])
         write_json(run_dir / "bn_history.json", bn_history)
     if grad_norms is not None:
         write_jsonl(run_dir / "grad_norms.jsonl", grad_norms)
+    for name, rows in (logs or {}).items():
+        write_jsonl(run_dir / name, rows)
 
 
 def _command() -> str:
@@ -252,8 +258,11 @@ def _train_run(cfg, out, name, data, progress, log, resume, log_error, stop_requ
 
     torch.manual_seed(cfg.train.seed)
     model = distributed.prepare_model(job, from_config(cfg).to(device))
-    optimizer = make_optimizer(model, cfg.train.lr)
+    optimizer = make_optimizer(model, cfg.train.lr, cfg.train.weight_decay)
     grad_norms = GradNorms(model) if cfg.log.grad_norms else None
+    landscape = Landscape(cfg.log.landscape_every) if cfg.log.landscape else None
+    curve = Curve(cfg.log.eval_every) if cfg.log.eval_every else None
+    logs = lambda: {r.file: r.rows for r in (landscape, curve) if r is not None}  # noqa: E731
     history, bn_history, start = [], [], 0
     grad_rows = [] if grad_norms is not None else None
     if ckpt is not None:
@@ -263,11 +272,14 @@ def _train_run(cfg, out, name, data, progress, log, resume, log_error, stop_requ
         history, bn_history, start = ckpt["history"], ckpt["bn_history"], ckpt["epoch"]
         if grad_norms is not None:
             grad_rows = ckpt["grad_norms"]
+        for r in (landscape, curve):
+            if r is not None:
+                r.rows = ckpt["logs"][r.file]
         log(f"resuming {run_dir} after epoch {start}/{cfg.train.epochs}")
     if resume:
         # The checkpoint is the source of truth: drop anything a killed process wrote after it.
         if writes:
-            write_epoch_files(run_dir, history, bn_history, grad_rows)
+            write_epoch_files(run_dir, history, bn_history, grad_rows, logs())
         meta.update(epochs_done=start)
         meta.setdefault("resumed", []).append({"at_epoch": start, "time": _now(), "command": _command()})
     if writes:
@@ -293,12 +305,14 @@ def _train_run(cfg, out, name, data, progress, log, resume, log_error, stop_requ
                  "bn_history": bn_history}
         if grad_norms is not None:
             state["grad_norms"] = grad_rows
+        if logs():
+            state["logs"] = logs()
         if tb is not None:  # before the checkpoint: a kill in between is purged on resume, never a gap
             tb_log.log_epoch(tb, history[-1], model, optimizer.param_groups[0]["lr"])
             signal_for_tests(f"tensorboard:{stats.epoch}")
         save_checkpoint(run_dir / "checkpoint.pt", state)
         signal_for_tests(f"checkpoint:{stats.epoch}")
-        write_epoch_files(run_dir, history, bn_history, grad_rows)
+        write_epoch_files(run_dir, history, bn_history, grad_rows, logs())
         write_json(run_dir / "meta.json", meta)
         if not progress:
             log(format_epoch(stats))
@@ -313,7 +327,7 @@ def _train_run(cfg, out, name, data, progress, log, resume, log_error, stop_requ
 
     try:
         fit(model, data, cfg, optimizer, start, on_epoch=save_epoch, progress=progress, should_stop=should_stop,
-            grad_norms=grad_norms, job=job)
+            grad_norms=grad_norms, job=job, landscape=landscape, curve=curve)
         meta["status"] = "finished"
     except Diverged as e:
         why = diverged_because[0] if diverged_because else f"the training loss is {e.stats.loss}"

@@ -19,6 +19,7 @@ by default: not yet run on a GPU in this project).
 
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, asdict
 
 import torch
@@ -117,12 +118,36 @@ def epoch_lr(lr: float, schedule: str, epoch: int, epochs: int) -> float:
     return lr
 
 
-def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
     # The tutorial's plain SGD: no momentum, no weight decay. On CUDA, the fused kernel updates all 18
     # parameters in one launch (launches dominate a GPU step). On CPU it saves a negligible share of a step
     # (results/benchmark/NOTES.md), so PyTorch's default stays there.
     cuda = next(model.parameters()).is_cuda
-    return torch.optim.SGD(model.parameters(), lr=lr, fused=True if cuda else None)
+    if not weight_decay:  # one group, as always
+        return torch.optim.SGD(model.parameters(), lr=lr, fused=True if cuda else None)
+    # train.weight_decay pulls only the conv/linear weights towards 0: a bias, gamma or beta has no scale to
+    # regularize (decaying gamma would shrink what BN normalized back towards 0).
+    weights = [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    decayed = {id(p) for p in weights}
+    rest = [p for p in model.parameters() if id(p) not in decayed]
+    groups = [{"params": weights, "weight_decay": weight_decay}] + ([{"params": rest, "weight_decay": 0.0}]
+                                                                     if rest else [])
+    return torch.optim.SGD(groups, lr=lr, fused=True if cuda else None)
+
+
+@contextmanager
+def batch_statistics(model: nn.Module):
+    """Train mode for the norm layers (each batch's own statistics), with dropout (model.dropout) off: for
+    measuring the network that is evaluated, not a random thinning of it. Restores the mode after."""
+    was_training = model.training
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 @torch.inference_mode()
@@ -186,21 +211,19 @@ def batch_stats_test_acc(model: nn.Module, images: torch.Tensor, labels: torch.T
     each process takes its slice of every test batch, as in training (synced or local BN alike)."""
     buffers = list(model.buffers())
     saved = [b.clone() for b in buffers]
-    was_training = model.training
-    model.train()  # batch statistics (LeNet has no dropout: only the BN layers change behaviour)
     correct = torch.zeros((), dtype=torch.long, device=labels.device)
     try:
-        start = 0
-        for size in ghost_sizes(labels.shape[0], batch_size):
-            lo, hi = share(size, job.rank, job.world)
-            with autocast(images.device, precision):
-                logits = model(to_float(images[start + lo:start + hi]))
-            correct += (logits.argmax(dim=1) == labels[start + lo:start + hi]).sum()
-            start += size
+        with batch_statistics(model):  # BN with batch statistics, dropout (if any) off
+            start = 0
+            for size in ghost_sizes(labels.shape[0], batch_size):
+                lo, hi = share(size, job.rank, job.world)
+                with autocast(images.device, precision):
+                    logits = model(to_float(images[start + lo:start + hi]))
+                correct += (logits.argmax(dim=1) == labels[start + lo:start + hi]).sum()
+                start += size
     finally:
         for b, s in zip(buffers, saved):
             b.copy_(s)
-        model.train(was_training)
     return job.sum_count(correct.item()) / labels.shape[0]  # the one host sync
 
 
@@ -246,20 +269,20 @@ def reestimate_bn(model: nn.Module, images: torch.Tensor, batch_size: int, max_b
         return
     for name, layer in layers.items():
         hooks.append(layer.register_forward_pre_hook(hook_for(name, layer)))
-    was_training = model.training
-    model.train()  # batch statistics flow forward as in training; the weights are not touched
     try:
-        for i in range(batches) if slices else range(job.rank, batches, job.world):
-            current[0] = i
-            batch = images[i * batch_size:(i + 1) * batch_size]
-            if slices:
-                start, stop = share(batch.shape[0], job.rank, job.world)
-                batch = batch[start:stop]
-            model(to_float(batch))
+        # Batch statistics flow forward as in training; the weights are not touched. Dropout is off: these are
+        # the statistics of the network as it is evaluated.
+        with batch_statistics(model):
+            for i in range(batches) if slices else range(job.rank, batches, job.world):
+                current[0] = i
+                batch = images[i * batch_size:(i + 1) * batch_size]
+                if slices:
+                    start, stop = share(batch.shape[0], job.rank, job.world)
+                    batch = batch[start:stop]
+                model(to_float(batch))
     finally:
         for h in hooks:
             h.remove()
-        model.train(was_training)
     for name, layer in layers.items():
         moving = moving_stats(layer)
         # A process that ran no batch (fewer batches than processes) still joins the sums, with zeros.
@@ -299,7 +322,8 @@ def precise_test_acc(model, data: FashionMNIST, batch_size: int, max_batches: in
 
 
 def fit(model: nn.Module, data: FashionMNIST, cfg, optimizer=None, start_epoch: int = 0, on_epoch=None,
-        progress: bool = False, should_stop=lambda: False, grad_norms=None, job=SINGLE) -> list:
+        progress: bool = False, should_stop=lambda: False, grad_norms=None, job=SINGLE, landscape=None,
+        curve=None) -> list:
     """Train ``model`` on ``data`` (already on the model's device) for epochs start_epoch+1 .. cfg.train.epochs.
 
     ``on_epoch(stats)`` runs after each finished epoch (the run directory saves there). A non-finite loss
@@ -308,9 +332,12 @@ def fit(model: nn.Module, data: FashionMNIST, cfg, optimizer=None, start_epoch: 
     reads its row. In a data-parallel job (``job``, distributed.py) this process trains on its slice of every
     batch through DDP, and the epoch's figures are those of the whole job (gradient norms are of the averaged,
     global-batch gradients).
+    ``landscape`` (a landscape.Landscape, log.landscape) measures before the steps it says are due; ``curve``
+    (a curve.Curve, log.eval_every) records the test accuracy within the epoch. Both add rows to their ``rows``;
+    their time is not counted in examples/sec.
     """
     t, device = cfg.train, data.train_labels.device
-    optimizer = optimizer or make_optimizer(model, t.lr)
+    optimizer = optimizer or make_optimizer(model, t.lr, t.weight_decay)
     set_fp32_math(t.precision, device)
     # Compiled for the full-size batches only: the last partial batch (96 of 60,000) runs eagerly, with the
     # same parameters, instead of paying a second compile for its shape. (A new wrapper per fit() call costs
@@ -343,7 +370,9 @@ def fit(model: nn.Module, data: FashionMNIST, cfg, optimizer=None, start_epoch: 
         correct.zero_()
         if grad_norms is not None:
             grad_norms.start_epoch()
-        seen = 0
+        if curve is not None:
+            curve.start_epoch(batches, min(n, batches * t.batch_size))
+        seen, paused = 0, 0.0  # paused: seconds of measurements between steps, not counted as step time
         bar = _progress_bar(progress, batches, epoch, t.epochs)
         sync(device)
         step_start = time.perf_counter()
@@ -352,6 +381,9 @@ def fit(model: nn.Module, data: FashionMNIST, cfg, optimizer=None, start_epoch: 
                 raise Interrupted(epoch, b)
             idx = order[b * t.batch_size:(b + 1) * t.batch_size]
             full = idx.shape[0] == t.batch_size
+            if landscape is not None and landscape.due((epoch - 1) * batches + b + 1):
+                paused += _timed(device, landscape.measure, model, optimizer, to_float(data.train_images[idx]),
+                                 data.train_labels[idx], (epoch - 1) * batches + b + 1, epoch, t.precision)
             if job.distributed:
                 idx, weight = job.slice(idx)
                 batch_loss, batch_correct = train_step(parallel, optimizer, to_float(data.train_images[idx]),
@@ -367,12 +399,14 @@ def fit(model: nn.Module, data: FashionMNIST, cfg, optimizer=None, start_epoch: 
                 loss_sum += batch_loss
                 correct += batch_correct
             seen += idx.shape[0]
+            if curve is not None and curve.due(b + 1):
+                paused += _timed(device, curve.record, model, data, cfg, epoch, b + 1, loss_sum, correct, seen)
             if bar is not None:
                 bar.update(1)
                 if (b + 1) % PROGRESS_EVERY == 0:  # a host sync, only when someone watches the bar
                     bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}")
         sync(device)
-        step_seconds = time.perf_counter() - step_start
+        step_seconds = time.perf_counter() - step_start - paused
         loss_total, correct_total, seen, step_seconds = job.epoch_totals(loss_sum.item(), correct.item(), seen,
                                                                          step_seconds)
         loss, train_acc = loss_total / seen, correct_total / seen
@@ -381,12 +415,16 @@ def fit(model: nn.Module, data: FashionMNIST, cfg, optimizer=None, start_epoch: 
         test_acc = float("nan") if not math.isfinite(loss) else evaluate(
             model, data.test_images, data.test_labels, cfg.eval.batch_size, t.precision, job)
         stats = EpochStats(epoch, loss, train_acc, test_acc, seen / step_seconds, 0.0)
-        if cfg.eval.precise_bn and math.isfinite(loss):
+        if cfg.eval.precise_bn and math.isfinite(loss) and (cfg.eval.precise_bn_epochs == "all" or
+                                                            epoch == t.epochs):
             stats.test_acc_precise = precise_test_acc(model, data, t.batch_size, cfg.eval.precise_bn_batches,
                                                       cfg.eval.batch_size, job)
         if cfg.eval.batch_stats and math.isfinite(loss):
             stats.test_acc_batch_stats = batch_stats_test_acc(model, data.test_images, data.test_labels,
                                                               t.batch_size, t.precision, job)
+        if curve is not None and math.isfinite(loss):  # the epoch's last row, from the figures just measured
+            curve.record(model, data, cfg, epoch, batches, loss_sum, correct, seen, test_acc,
+                         stats.test_acc_batch_stats)
         stats.seconds = time.perf_counter() - started
         if bar is not None:
             bar.set_postfix(loss=f"{loss:.3f}", acc=f"{train_acc:.3f}", test=f"{test_acc:.3f}")
@@ -397,6 +435,16 @@ def fit(model: nn.Module, data: FashionMNIST, cfg, optimizer=None, start_epoch: 
         if on_epoch is not None:
             on_epoch(stats)
     return history
+
+
+def _timed(device: torch.device, work, *args) -> float:
+    """Run ``work(*args)`` and return its seconds, the device's queue emptied before and after (only the
+    measurements of log.landscape and log.eval_every pay these syncs)."""
+    sync(device)
+    start = time.perf_counter()
+    work(*args)
+    sync(device)
+    return time.perf_counter() - start
 
 
 def _progress_bar(enabled: bool, total: int, epoch: int, epochs: int):
