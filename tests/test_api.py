@@ -1,7 +1,6 @@
 """The Python API: the names `import bn_lenet` gives, the README's notebook example (run as written, so it never
 rots), and the live plot's redraw, headless (matplotlib's Agg)."""
 
-import importlib
 import io
 import os
 import re
@@ -42,27 +41,6 @@ def test_import_bn_lenet_is_light_and_gives_the_public_names():
     with pytest.raises(AttributeError):
         bn_lenet.no_such_name
 
-
-OLD_PATHS = {"batchnorm": "network", "model": "network", "config": "training"}  # old module -> its subpackage
-
-
-def test_the_old_module_paths_are_the_moved_modules():
-    # Notebooks written before the layers became subpackages import bn_lenet.batchnorm, .model, .config. In a
-    # fresh process, old paths first: each is the very module at its new path, with the same objects.
-    code = ("import bn_lenet.batchnorm\n"
-            "from bn_lenet.batchnorm import BatchNorm, batch_norm\n"
-            "from bn_lenet.model import lenet, from_config\n"
-            "from bn_lenet.config import resolve\n"
-            "import bn_lenet, bn_lenet.network.batchnorm as b, bn_lenet.network.model as m, "
-            "bn_lenet.training.config as c\n"
-            "print((BatchNorm, batch_norm, lenet, from_config, resolve) == "
-            "(b.BatchNorm, b.batch_norm, m.lenet, m.from_config, c.resolve),"
-            " bn_lenet.batchnorm is b, bn_lenet.model is m, bn_lenet.config is c)")
-    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert p.stdout.split() == ["True"] * 4, p.stderr
-    for old, subpackage in OLD_PATHS.items():  # this process imported the new paths first (runs, at the top)
-        new = importlib.import_module(f"bn_lenet.{subpackage}.{old}")
-        assert importlib.import_module(f"bn_lenet.{old}") is new and getattr(bn_lenet, old) is new
 
 def test_the_readme_notebook_example_runs_as_written(tmp_path):
     code = readme_example()

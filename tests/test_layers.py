@@ -18,8 +18,7 @@ LAYERS = [  # lowest first; a module may import its own layer and the ones above
     ("one run", "training"),
     ("many runs", "sweeps"),
     ("anchors", "anchors"),
-    ("entry points", ["cli", "__main__", "api", "live_plot", "__init__",
-                      "batchnorm", "model", "config"]),  # the old paths of three moved modules, for old notebooks
+    ("entry points", ["cli", "__main__", "api", "live_plot", "__init__"]),
 ]
 
 
