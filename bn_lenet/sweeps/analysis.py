@@ -243,6 +243,6 @@ def layers(sweep: dict, item: dict, rows: list) -> dict:
         table[p["id"]] = {n: describe([r.get(n) for r in runs]) for n in names}
         if item.get("ratio"):
             la, lb = item["ratio"]
-            table[p["id"]]["ratio"] = describe([r[la] / r[lb] for r in runs if r.get(la) and r.get(lb)])
+            table[p["id"]][f"{la} / {lb}"] = describe([r[la] / r[lb] for r in runs if r.get(la) and r.get(lb)])
     return {"table": table}
 
