@@ -204,24 +204,38 @@ def heading(sweep: dict, item: dict) -> str:
     return f"Ranking by {metric_label(item['metric'], item['statistic'])}"
 
 
+def row_metric(r: dict) -> str:
+    if " vs " in r["metric"]:
+        (first, _, second), (s1, _, s2) = r["metric"].partition(" vs "), r["statistic"].partition(" vs ")
+        return f"{short(first, s1)} vs {short(second, s2)}"
+    return short(r["metric"], r["statistic"])
+
+
+def row_outcome(r: dict) -> str:
+    """'+0.030 inconclusive at n=5', '-0.228 lower' or 'no finished run'."""
+    if r.get("note"):
+        return r["note"]
+    return f"{signed(r['diff'], r['metric'].partition(' vs ')[0])} {r['verdict']}" + (
+        f" at n={r['n']}" if r["verdict"] == "inconclusive" else "")
+
+
 def one_line(sweep: dict, result: dict, limit: int = 4) -> str:
     """The index's one line: the headline items, each contrast as 'A vs B: metric diff verdict'."""
     parts, rows = [], result["contrasts"]
     for item in (i for i in result["items"] if i.get("headline")):
         hide = item.get("for_each", [])
         if item["kind"] == "contrast":
-            chosen = [rows[i] for i in item["rows"]]
-            for r in chosen[:limit]:
-                what = r.get("note") or f"{signed(r['diff'], r['metric'])} {r['verdict']}" + (
-                    f" at n={r['n']}" if r["verdict"] == "inconclusive" else "")
-                if r["a"] == r["b"]:
-                    (first, _, second), (s1, _, s2) = r["metric"].partition(" vs "), r["statistic"].partition(" vs ")
-                    parts.append(f"{point_label(sweep, r['a'])}: {short(first, s1)} vs {short(second, s2)} {what}")
+            pairs = {}  # the rows of one pair of points (one per metric) share one "A vs B:" head
+            for r in (rows[i] for i in item["rows"]):
+                pairs.setdefault((r["a"], r["b"]), []).append(r)
+            for (a, b), pair_rows in list(pairs.items())[:limit]:
+                if a == b:  # one metric against another on the same runs
+                    head = point_label(sweep, a)
                 else:
-                    parts.append(f"{point_label(sweep, r['a'], hide)} vs {point_label(sweep, r['b'], hide)}"
-                                 f"{group_label(sweep, r['a'], hide)}: {short(r['metric'], r['statistic'])} {what}")
-            if len(chosen) > limit:
-                parts.append(f"... {len(chosen) - limit} more in the report")
+                    head = f"{point_label(sweep, a, hide)} vs {point_label(sweep, b, hide)}{group_label(sweep, a, hide)}"
+                parts.append(f"{head}: " + ", ".join(f"{row_metric(r)} {row_outcome(r)}" for r in pair_rows))
+            if len(pairs) > limit:
+                parts.append(f"... {len(pairs) - limit} more in the report")
         elif item["kind"] == "ranking":
             for g in item["groups"][:limit]:
                 d = dict(g["points"])[g["best"]]
