@@ -79,3 +79,9 @@ def test_inconclusive_says_how_many_seeds_would_settle_it_at_the_observed_spread
 def test_one_value_a_side_gives_a_difference_without_an_interval():
     c = rule.verdicts([rule.compare({0: 0.9}, {1: 0.8})])[0]
     assert c["diff"] == pytest.approx(0.1) and c["ci_low"] is None and c["verdict"] == "inconclusive"
+
+
+def test_a_run_gives_its_value_after_a_given_epoch():
+    from bn_lenet.sweeps.stats import value
+    run = {"rows": [{"epoch": e, "test_acc": 0.5 + 0.1 * e} for e in (1, 2, 3)]}
+    assert value(run, "test_acc", "epoch2") == pytest.approx(0.7) and value(run, "test_acc", "epoch9") is None

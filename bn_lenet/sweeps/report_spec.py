@@ -135,7 +135,7 @@ def _metric_syntax(metric, where: str) -> None:
     name, _, statistic = str(metric).partition(":")
     if not name or (statistic and not is_statistic(statistic)):
         raise UserError(f"{where}: metric {metric!r}: write METRIC or METRIC:STATISTIC with a statistic among "
-                        f"final, precise, run, lastK_mean, lastK_swing")
+                        f"final, precise, run, lastK_mean, lastK_swing, epochN")
 
 
 def check_against(report: dict, points: list, where: str) -> None:

@@ -20,6 +20,8 @@ def metric_label(metric: str, statistic: str) -> str:
         return f"{name}, mean of the last {statistic[4:-5]} epochs"
     if statistic.endswith("_swing"):
         return f"{name}, swing (std) over the last {statistic[4:-6]} epochs"
+    if statistic.startswith("epoch"):
+        return f"{name} after epoch {statistic[5:]}"
     return name if statistic in ("run", "final") and "loss" in metric or statistic == "run" else f"{name}, final"
 
 
@@ -49,6 +51,8 @@ def short(metric: str, statistic: str) -> str:
         return f"swing of {name}"
     if statistic == "precise":
         return f"{name} (precise BN)"
+    if statistic.startswith("epoch"):
+        return f"{name} (epoch {statistic[5:]})"
     return f"{name} ({statistic.replace('_', ' ')})" if statistic.endswith("_mean") else name
 
 

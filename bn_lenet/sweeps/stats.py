@@ -10,6 +10,7 @@ From each per-epoch metric a run gives several statistics:
                  for a network without batch statistics (no BN, LayerNorm, GroupNorm) the last value of METRIC
                  itself: it has no statistics to re-estimate, its test accuracy is already exact
     run          examples_per_sec over the whole run (all examples over all step time)
+    epochN       the value after epoch N (how fast a point gets somewhere; not a steady figure)
 
 ``steady`` picks the statistic a verdict uses for a metric: the training loss as it ends (an average over
 the last epoch's batches already), test accuracy with precise-BN statistics where the runs recorded them,
@@ -36,7 +37,7 @@ def examples_per_sec(rows: list) -> float:
 
 
 def is_statistic(name: str) -> bool:
-    return name in STATISTICS or re.fullmatch(r"last[1-9][0-9]*_(mean|swing)", name) is not None
+    return name in STATISTICS or re.fullmatch(r"last[1-9][0-9]*_(mean|swing)|epoch[1-9][0-9]*", name) is not None
 
 
 def steady(metric: str, recorded: set, k: int) -> str:
@@ -60,6 +61,8 @@ def value(run: dict, metric: str, statistic: str):
     """One run's figure, or None when the run did not record it."""
     if statistic == "run":
         return examples_per_sec(run["rows"]) if run["rows"] else None
+    if statistic.startswith("epoch"):
+        return next((row.get(metric) for row in run["rows"] if row.get("epoch") == int(statistic[5:])), None)
     values = series(run, metric, statistic)
     if not values:
         return None
@@ -79,7 +82,7 @@ def by_seed(runs: list, metric: str, statistic: str) -> dict:
 
 def swing(runs: list, metric: str, statistic: str, k: int):
     """Mean over the finished runs of the within-run std of the statistic's series over the last k epochs."""
-    if statistic == "run":
+    if statistic == "run" or statistic.startswith("epoch"):
         return None
     values = []
     for r in finished(runs):
