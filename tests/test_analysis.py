@@ -82,6 +82,7 @@ for_each = ["model.norm"]
     assert len(contrast["rows"]) == 3
     # BN trains up to lr 10 (the grid's top), no BN up to 1 (diverged at 10): ratio 10x, bounds 1x .. unbounded
     assert limit["series"]["scratch"]["largest"] == 10.0 and limit["series"]["none"]["largest"] == 1.0
+    assert limit["series"]["none"]["smallest"] == 0.1 and limit["series"]["none"]["previous"] is None
     (ratio,) = limit["ratios"]
     assert ratio["value"] == pytest.approx(10) and ratio["low"] == pytest.approx(1) and ratio["high"] == float("inf")
     # each norm's best lr: 1 or 0.1 tie (same numbers), 10 is lower beyond noise

@@ -205,9 +205,11 @@ def limit(sweep: dict, item: dict, rows: list) -> dict:
     for label, points in series.items():
         steps = sorted((trains(sweep, p, item, name, statistic) for p in points), key=lambda s: s["value"])
         ok = [s["value"] for s in steps if s["trains"]]
-        largest = max(ok) if ok else None
+        largest, smallest = (max(ok), min(ok)) if ok else (None, None)
         above = [s["value"] for s in steps if largest is not None and s["value"] > largest]
-        out[label] = {"steps": steps, "largest": largest, "next": min(above) if above else None}
+        below = [s["value"] for s in steps if smallest is not None and s["value"] < smallest]
+        out[label] = {"steps": steps, "largest": largest, "next": min(above) if above else None,
+                      "smallest": smallest, "previous": max(below) if below else None}
     ratios = []
     for pair in item.get("ratio", []):
         a, b = (out.get(str(v)) for v in pair)

@@ -163,7 +163,9 @@ def limit_lines(sweep: dict, item: dict) -> list:
             continue
         nxt = next((st for st in s["steps"] if st["value"] == s["next"]), None)
         why = (f"; at {s['next']} it does not ({why_not(nxt)})" if nxt else "; that is the grid's top")
-        lines.append(f"- {name}: trains up to {key} = {s['largest']}{why}.")
+        prev = next((st for st in s["steps"] if st["value"] == s["previous"]), None)
+        low = (f" (and from {s['smallest']}: at {s['previous']} it does not ({why_not(prev)}))" if prev else "")
+        lines.append(f"- {name}: trains up to {key} = {s['largest']}{why}{low}.")
     for r in item["ratios"]:
         a, b = (value_label(sweep, item["by"], v) for v in r["pair"])
         low = f"{r['low']:.3g}x" if r["low"] else "?"
