@@ -123,7 +123,9 @@ def contrast(sweep: dict, item: dict, rows: list) -> dict:
                  if matches(p, item["a"]) for m in item.get("metrics") or sweep["lead"]]
         return {"rows": list(range(start, len(rows)))}
     pairs = []
-    for group in groups(sweep["points"], item.get("for_each", [])):
+    each = item.get("for_each", [])
+    points = [p for p in sweep["points"] if all(k in p["values"] for k in each)]  # "for each value" of a key
+    for group in groups(points, each):
         pa = [p for p in group if matches(p, item["a"])]
         pb = [p for p in group if matches(p, item["b"])]
         if len(pa) > 1 or len(pb) > 1:
@@ -199,7 +201,7 @@ def limit(sweep: dict, item: dict, rows: list) -> dict:
     name, statistic = metric_statistic(sweep, item.get("metric", sweep["lead"][0]))
     by = item.get("by")
     series = {}
-    for p in sweep["points"]:
+    for p in (p for p in sweep["points"] if item["key"] in p["values"]):  # points off the key's axis: not in it
         series.setdefault(str(p["values"].get(by)) if by else "all", []).append(p)
     out = {}
     for label, points in series.items():
