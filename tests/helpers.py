@@ -54,3 +54,12 @@ def fake_sweep(folder, spec_text: str, outcome) -> tuple:
 def epochs(*test_accs, loss: float = 0.3) -> list:
     """Per-epoch rows with these test accuracies and a constant training loss."""
     return [{"loss": loss, "test_acc": a} for a in test_accs]
+
+
+def one_error_line(capsys, code, *fragments):
+    """The command failed as a user error should: exit 2, one `error:` line holding every fragment, no traceback."""
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])

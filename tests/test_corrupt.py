@@ -14,6 +14,7 @@ from bn_lenet.training import runs
 from bn_lenet.training.data import FashionMNIST
 from bn_lenet.sweeps.spec import resolve_runs
 from bn_lenet.sweeps.sweep import spec_for
+from helpers import one_error_line
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "scratch_bn.toml"
@@ -63,14 +64,6 @@ def damaged_copy(source: Path, where: Path, name: str) -> tuple:
     damage, _ = DAMAGE[name]
     damage(run / name)
     return where, run / name, (run / name).read_bytes()
-
-
-def one_error_line(capsys, code, *fragments):
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
 
 
 @pytest.mark.parametrize("name", DAMAGE)

@@ -8,6 +8,7 @@ from pathlib import Path
 from bn_lenet.cli import main
 from bn_lenet.sweeps import spec as spec_mod
 from bn_lenet.sweeps import sweep as sweep_mod
+from helpers import one_error_line
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "scratch_bn.toml"
@@ -20,14 +21,6 @@ seeds = 1000
 "train.batch_size" = {list(range(16, 26))}
 "eval.batch_size" = {list(range(100, 110))}
 """  # every point valid: 10,000 points x 1,000 seeds
-
-
-def one_error_line(capsys, code, *fragments):
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
 
 
 def test_ten_million_runs_are_refused_at_once_with_their_count_and_the_flag(tmp_path, capsys):
