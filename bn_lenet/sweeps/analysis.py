@@ -16,6 +16,7 @@ from .report_spec import DEFAULT_MARGIN, check_against, matches
 from .stats import by_seed, describe, finished, steady, swing
 
 NO_RUN = "no finished run"
+NOT_REACHED = "the target is not reached"  # steps to a target: a side none of whose runs got there
 
 
 def analyse(sweep: dict) -> dict:
@@ -32,21 +33,21 @@ def analyse(sweep: dict) -> dict:
     contrasts = []
     for item in items:
         item.update(globals()[item["kind"]](sweep, item, contrasts))
-    rule.verdicts([c for c in contrasts if c.get("note") != NO_RUN])
+    rule.verdicts([c for c in contrasts if c.get("note") not in (NO_RUN, NOT_REACHED)])
     return {"items": items, "contrasts": contrasts}
 
 
 def check_recorded(sweep: dict, where: str) -> None:
     """Every metric the analysis names is recorded by some run; k is no longer than the runs."""
     report = sweep["spec"]["report"]
-    recorded = set(sweep["metrics"]) | {"examples_per_sec"}
+    recorded = set(sweep["metrics"]) | {"examples_per_sec"} | {f for names in sweep["steps"].values() for f in names}
     named = [*report["lead"], *(m for c in report["contrast"] for m in [*c.get("metrics", []), c.get("versus", "")] if m),
              *(i["metric"] for kind in ("limit", "ranking") for i in report[kind] if "metric" in i)]
     done = [r for r in finished(sweep["runs"])]
     if not done:
         return  # nothing to check against yet: every figure says "no finished run"
     for metric in named:
-        if metric.partition(":")[0] not in recorded:
+        if any(part not in recorded for part in metric.partition(":")[0].split("-")):
             raise UserError(f"{where}: [report] metric {metric.partition(':')[0]!r} is recorded by no run of this "
                             f"sweep (they record {', '.join(sorted(recorded))})")
     shortest = min(len(r["rows"]) for r in done)
@@ -63,6 +64,8 @@ def metric_statistic(sweep: dict, metric: str, points=None) -> tuple:
     name, _, statistic = metric.partition(":")
     if statistic:
         return name, statistic
+    if name not in sweep["metrics"] and all(part in sweep["steps"]["landscape"] for part in name.split("-")):
+        return name, "landscape_mean"  # a figure measured along the steps, not per epoch
     k = sweep["spec"]["report"]["k"]
     statistic = steady(name, set(sweep["metrics"]), k)
     if statistic == "precise" and points and not all(
@@ -72,11 +75,14 @@ def metric_statistic(sweep: dict, metric: str, points=None) -> tuple:
     return name, statistic
 
 
-def margin_of(sweep: dict, metric: str):
+def margin_of(sweep: dict, metric: str, statistic: str = ""):
+    """The equivalence margin: the spec's, else the default for an accuracy or a loss itself (not for steps to
+    a target or a landscape figure, which have no default)."""
     margins = sweep["spec"]["report"]["margin"]
     if metric in margins:
         return margins[metric]
-    return DEFAULT_MARGIN if ("acc" in metric or "loss" in metric) else None
+    own = not statistic.startswith(("reach", "landscape")) and "-" not in metric
+    return DEFAULT_MARGIN if own and ("acc" in metric or "loss" in metric) else None
 
 
 def lower_is_better(metric: str) -> bool:
@@ -96,12 +102,19 @@ def contrast_row(sweep: dict, pa: dict, pb: dict, metric: str, item_no: int, ver
     else:
         b = by_seed(pb["runs"], name, statistic)
     row = {"a": pa["id"], "b": pb["id"], "metric": name, "statistic": statistic, "item": item_no}
-    margin = margin_of(sweep, name.partition(" vs ")[0])
+    margin = margin_of(sweep, name.partition(" vs ")[0], statistic.partition(" vs ")[0])
     if not a or not b:
+        done = [finished(p["runs"]) for p in (pa, pb)]
+        note = NOT_REACHED if statistic.startswith("reach") and all(done) else NO_RUN
+        if note == NOT_REACHED:
+            row["reached"] = f"{len(a)}/{len(pa['runs'])}+{len(b)}/{len(pb['runs'])}"
         return row | {"n": f"{len(a)}+{len(b)}", "paired": False, "mean_a": None, "mean_b": None, "diff": None,
-                      "ci_low": None, "ci_high": None, "p": None, "p_t": None, "note": NO_RUN, "verdict": "inconclusive",
+                      "ci_low": None, "ci_high": None, "p": None, "p_t": None, "note": note, "verdict": "inconclusive",
                       "seeds_needed": None, "swing": None, "margin": margin}
     row.update(rule.compare(a, b, margin))
+    if statistic.startswith("reach"):  # steps to a target: the paper states a ratio ("14x fewer steps")
+        row["ratio"] = row["mean_a"] / row["mean_b"] if row["mean_b"] else None
+        row["reached"] = f"{len(a)}/{len(pa['runs'])}+{len(b)}/{len(pb['runs'])}"
     k = sweep["spec"]["report"]["k"]
     swings = [] if versus else [swing(p["runs"], name, statistic, k) for p in (pa, pb)]
     row["swing"] = max((s for s in swings if s is not None), default=None)

@@ -3,6 +3,8 @@ legends beside the data rather than on it, log axes over decades, integer ticks 
 
     curves.png               per-epoch curves per point: mean over the finished seeds, band min..max
     <metric>_vs_<key>.png    a metric's steady figure against each numeric swept key, mean ± std over seeds
+    steps_<file>.png         figures recorded along the steps (curve.jsonl, landscape.jsonl) against the step,
+                             mean over the finished seeds, band min..max (Santurkar et al.'s style)
 """
 
 import math
@@ -13,7 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from .stats import by_seed, describe, finished  # noqa: E402
+from .stats import by_seed, curve_name, describe, field, finished  # noqa: E402
 from .sentences import metric_label, point_label  # noqa: E402
 
 PER_PANEL = 6
@@ -131,5 +133,48 @@ def against(sweep: dict, key: str, metric: str, statistic: str, path) -> bool:
     with_key = f" (with {', '.join(k for k in along if k != key)})" if len(along) > 1 else ""
     fig.suptitle(f"{metric_label(metric, statistic)} against {key}{with_key}: mean ± std over seeds, dots: seeds, "
                  f"x: a diverged run", fontsize=9)
+    _save(fig, path)
+    return True
+
+
+def along_steps(sweep: dict, source: str, layout: list, path, targets=None) -> bool:
+    """Figures from each run's per-step rows (source: "curve" or "landscape") against the step: one panel per
+    metric of ``layout`` (rows of metrics) and group of points; a dashed line at each target of a metric."""
+    groups = panel_groups(sweep)
+    if not groups or not layout:
+        return False
+    ncols = max(len(r) for r in layout) * len(groups)
+    fig, axes = plt.subplots(len(layout), ncols, figsize=(4.2 * ncols + 1.5, 2.8 * len(layout)), squeeze=False)
+    for i, metrics in enumerate(layout):
+        for j, metric in enumerate(metrics):
+            for g, points in enumerate(groups):
+                ax = axes[i][j * len(groups) + g]
+                for p in points:
+                    runs = [{row["step"]: field(row, curve_name(r, metric)) for row in r.get(source, [])}
+                            for r in finished(p["runs"])]
+                    steps = sorted({s for run in runs for s, v in run.items() if v is not None})
+                    values = [[run[s] for run in runs if run.get(s) is not None] for s in steps]
+                    if not steps:
+                        continue
+                    (line,) = ax.plot(steps, [sum(v) / len(v) for v in values], label=point_label(sweep, p["id"]))
+                    ax.fill_between(steps, [min(v) for v in values], [max(v) for v in values],
+                                    color=line.get_color(), alpha=0.2, lw=0)
+                for t in (targets or {}).get(metric, []):
+                    ax.axhline(t, color="gray", ls="--", lw=0.8)
+                ax.set_title(metric_label(metric, "final").removesuffix(", final"), fontsize=9)
+                ax.set_xlabel("training step", fontsize=8)
+                ax.grid(True, alpha=0.3)
+                ax.tick_params(labelsize=7)
+                values = [v for line in ax.get_lines()[:len(points)] for v in line.get_ydata()]
+                if values and min(values) > 0 and _spans_decades(ax):
+                    ax.set_yscale("log")
+        for j in range(len(metrics) * len(groups), ncols):
+            axes[i][j].axis("off")
+    for g in range(len(groups)):
+        axes[-1][g].legend(*axes[0][g].get_legend_handles_labels(), fontsize=7, loc="upper center",
+                           bbox_to_anchor=(0.5, -0.3), ncol=1, frameon=False)
+    fig.suptitle(f"{sweep['spec']['name']}: along the training steps ({source}.jsonl), mean over seeds "
+                 f"(band: min..max)", fontsize=10)
+    fig.subplots_adjust(hspace=0.6, wspace=0.3, top=0.82 if len(layout) == 1 else 0.93)
     _save(fig, path)
     return True

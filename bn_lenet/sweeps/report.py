@@ -1,5 +1,5 @@
 """A sweep's report, made only from its run directories' small files (config.toml, metrics.jsonl, meta.json,
-bn_*.json, grad_norms.jsonl), so ``--report-only`` rebuilds it from committed data:
+bn_*.json, grad_norms.jsonl, curve.jsonl, landscape.jsonl), so ``--report-only`` rebuilds it from committed data:
 
     report.md      the question, the answer (the engine's verdicts in sentences), one line of setup, the rule,
                    the table per point, per-layer tables, figures, how to reproduce it, hardware, versions, time
@@ -9,7 +9,7 @@ bn_*.json, grad_norms.jsonl), so ``--report-only`` rebuilds it from committed da
                    examples_per_sec_mean
     contrasts.csv  one row per contrast the report states (analysis.py, rule.py): a, b, metric, statistic, n,
                    paired, mean_a, mean_b, diff, ci_low, ci_high, p, verdict, then p_t, p_holm, margin, swing,
-                   seeds_needed, note
+                   seeds_needed, note, ratio (steps to a target: mean_a / mean_b), reached (runs that reached it, a+b)
     curves.png, <metric>_vs_<key>.png   (figures.py)
 
 Statuses: finished (trained every epoch; averaged), of which stuck (finite loss but test acc at chance,
@@ -24,15 +24,15 @@ from pathlib import Path
 from ..errors import CorruptFile
 from ..training import lock
 from ..training.config import has_batch_stats, load as load_config
-from ..training.files import read_json, read_metrics, write_atomic
+from ..training.files import read_json, read_metrics, read_steps, write_atomic
 from . import figures, sentences
 from .analysis import analyse, metric_statistic
 from .spec import points_of, toml_literal
-from .stats import STUCK_ACC, by_seed, describe, examples_per_sec, finished, pm
+from .stats import STEP_FILES, STUCK_ACC, by_seed, describe, examples_per_sec, fields, finished, pm
 
 NOT_METRICS = ("epoch", "examples_per_sec", "seconds")
 CONTRAST_COLUMNS = ("a", "b", "metric", "statistic", "n", "paired", "mean_a", "mean_b", "diff", "ci_low", "ci_high",
-                    "p", "verdict", "p_t", "p_holm", "margin", "swing", "seeds_needed", "note")
+                    "p", "verdict", "p_t", "p_holm", "margin", "swing", "seeds_needed", "note", "ratio", "reached")
 
 
 def load_run(run: dict) -> dict:
@@ -46,6 +46,7 @@ def load_run(run: dict) -> dict:
         loaded = {"point": run["point"], "values": run["values"], "seed": run["seed"], "dir": d, "meta": meta,
                   "status": meta.get("status", "not started"), "rows": read_metrics(d),
                   "bn": has_batch_stats(load_config(d / "config.toml")) if (d / "config.toml").is_file() else True}
+        loaded.update({key: read_steps(d / file) for key, file in STEP_FILES.items()})
     except CorruptFile as e:
         loaded = {"point": run["point"], "values": run["values"], "seed": run["seed"], "dir": d, "meta": {},
                   "status": "corrupt", "damage": str(e), "rows": [], "bn": True}
@@ -83,8 +84,9 @@ def load_sweep(spec: dict, out, planned: list) -> dict:
             points.append({"id": run["point"], "values": run["values"], "runs": [], "from": origin.get(run["point"])})
         points[-1]["runs"].append(run)
     keys = list(dict.fromkeys(k for p in points for k in p["values"]))
+    steps = {key: sorted(fields([row for r in runs for row in r.get(key, [])]) - {"step"}) for key in STEP_FILES}
     return {"spec": spec, "out": Path(out), "runs": runs, "points": points, "metrics": metric_names(runs),
-            "lead": spec["report"]["lead"], "keys": keys}
+            "lead": spec["report"]["lead"], "keys": keys, "steps": steps}
 
 
 def counts(runs: list) -> dict:
@@ -122,10 +124,12 @@ def shown_metrics(sweep: dict) -> list:
     cols = []
     for m in sweep["lead"]:
         name, statistic = metric_statistic(sweep, m)
-        cols += [(name, statistic)] + ([(name, "final")] if statistic not in ("final", "run") else [])
+        own = statistic not in ("final", "run") and not statistic.startswith(("reach", "landscape"))
+        cols += [(name, statistic)] + ([(name, "final")] if own else [])
     if "loss" in sweep["metrics"]:
         cols.append(("loss", "final"))
-    return [c for c in dict.fromkeys(cols) if c[0] in sweep["metrics"] or c[1] == "run"]
+    known = set(sweep["metrics"]) | set(sweep["steps"]["curve"]) | set(sweep["steps"]["landscape"])
+    return [c for c in dict.fromkeys(cols) if c[1] == "run" or all(part in known for part in c[0].split("-"))]
 
 
 def table(sweep: dict) -> list:
@@ -140,7 +144,8 @@ def table(sweep: dict) -> list:
         c = counts(p["runs"])
         speeds = [examples_per_sec(r["rows"]) for r in finished(p["runs"])]
         cells = [sentences.point_label(sweep, p["id"]), str(c["seeds"]), str(c["finished"]), str(c["stuck"]),
-                 str(c["diverged"]), *(pm(describe(list(by_seed(p["runs"], m, s).values()))) for m, s in cols),
+                 str(c["diverged"]), *(pm(describe(list(by_seed(p["runs"], m, s).values())), 0 if s.startswith("reach") else 3)
+                   for m, s in cols),
                  f"{sum(speeds) / len(speeds):,.0f}" if speeds else "n/a"]
         lines.append("| " + " | ".join(cells) + " |")
     others = [r for r in sweep["runs"] if r["status"] != "finished"]
@@ -164,6 +169,7 @@ def draw(sweep: dict) -> list:
     metrics = list(dict.fromkeys(m for m in ("loss", "test_acc", "test_acc_precise") if m in sweep["metrics"]))
     if figures.curves(sweep, metrics, out / "curves.png"):
         made.append(("curves.png", "Per-epoch figures per point: mean over the finished seeds, band min..max."))
+    made += draw_steps(sweep)
     zipped = list(sweep["spec"].get("zip") or {})
     for key in [k for k in sweep["keys"] if k not in zipped[1:]]:  # keys zipped with the first add no new axis
         values = [p["values"][key] for p in sweep["points"] if key in p["values"]]
@@ -175,6 +181,39 @@ def draw(sweep: dict) -> list:
             if name in sweep["metrics"] and figures.against(sweep, key, name, statistic, out / file):
                 made.append((file, f"{sentences.metric_label(name, statistic)} against {key}: mean ± std over the "
                                    f"finished seeds, one dot per seed, a red x per diverged run."))
+    return made
+
+
+def draw_steps(sweep: dict) -> list:
+    """The figures recorded along the steps: the learning curve (with the targets of any steps-to-target
+    metric dashed), the loss landscape, and internal covariate shift per layer."""
+    report, out, made = sweep["spec"]["report"], sweep["out"], []
+    named = [*report["lead"], *(m for c in report["contrast"] for m in [*c.get("metrics", []), c.get("versus", "")])]
+    targets = {}
+    for name, _, statistic in (m.partition(":") for m in named):
+        if statistic.startswith("reach"):
+            targets.setdefault(name, []).append(float(statistic[5:]))
+    curve = sweep["steps"]["curve"]
+    layout = [[m for m in ("test_acc_batch_stats" if "test_acc_batch_stats" in curve else "test_acc", "train_loss")
+               if m in curve]]
+    if curve and figures.along_steps(sweep, "curve", layout, out / "steps_curve.png", targets):
+        made.append(("steps_curve.png", "The learning curve every log.eval_every of an epoch (curve.jsonl): test "
+                     "accuracy (with each test batch's own statistics where the network has BN) and the training "
+                     "loss since the row before; mean over the finished seeds, band min..max; dashed: the targets."))
+    land = sweep["steps"]["landscape"]
+    smooth = [[m for m in ("loss_max-loss_min", "grad_change", "beta_smoothness")
+               if all(part in land for part in m.split("-"))]]
+    if land and figures.along_steps(sweep, "landscape", smooth, out / "steps_landscape.png"):
+        made.append(("steps_landscape.png", "Along the SGD step, every log.landscape_every steps (landscape.jsonl): "
+                     "the loss variation (largest minus least loss at 0.25 to 4 times the step), the gradient's "
+                     "change (gradient predictiveness: small = predictive) and the effective beta-smoothness; "
+                     "mean over the finished seeds, band min..max."))
+    layers = list(dict.fromkeys(f.partition(".")[2] for f in land if f.startswith("ics_l2.")))
+    ics = [[f"ics_l2.{layer}", f"ics_cos.{layer}"] for layer in layers]
+    if ics and figures.along_steps(sweep, "landscape", ics, out / "steps_ics.png"):
+        made.append(("steps_ics.png", "Internal covariate shift per layer (Santurkar et al.'s definition): the l2 "
+                     "distance and the cosine between a layer's gradient before and after the layers below it take "
+                     "their step; mean over the finished seeds, band min..max."))
     return made
 
 

@@ -9,11 +9,24 @@ from .stats import pm
 
 METRIC_NAMES = {"test_acc": "test acc", "loss": "training loss", "train_acc": "train acc",
                 "test_acc_precise": "test acc (precise BN)", "test_acc_batch_stats": "test acc (batch statistics)",
-                "examples_per_sec": "examples/s"}
+                "examples_per_sec": "examples/s", "train_loss": "training loss",
+                "train_acc-test_acc": "train - test acc gap", "loss_max-loss_min": "loss variation along the step",
+                "grad_change": "gradient change along the step", "beta_smoothness": "effective beta-smoothness",
+                "ics_l2": "ICS (l2)", "ics_cos": "ICS (cosine)"}
+
+
+def metric_name(metric: str) -> str:
+    """A metric in words; a per-layer one as 'ICS (l2) at fc1'."""
+    key, _, layer = metric.partition(".") if "-" not in metric else (metric, "", "")
+    return METRIC_NAMES.get(key, key) + (f" at {layer}" if layer else "")
 
 
 def metric_label(metric: str, statistic: str) -> str:
-    name = METRIC_NAMES.get(metric, metric)
+    name = metric_name(metric)
+    if statistic.startswith("reach"):
+        return f"steps to {name} {'<=' if 'loss' in metric else '>='} {statistic[5:]}"
+    if statistic == "landscape_mean":
+        return f"{name}, mean over the run's measurements"
     if statistic == "precise":
         return f"{name} with precise-BN statistics"
     if statistic.endswith("_mean"):
@@ -30,6 +43,8 @@ def number(x, metric: str = "") -> str:
         return "n/a"
     if metric == "examples_per_sec":
         return f"{x:,.0f}"
+    if abs(x) >= 100:  # steps, a diverging loss: three decimals say nothing
+        return f"{x:,.1f}"
     return f"{x:.3f}" if abs(x) >= 0.01 or x == 0 else f"{x:.2e}"
 
 
@@ -46,7 +61,9 @@ def value_label(sweep: dict, key: str, value) -> str:
 
 def short(metric: str, statistic: str) -> str:
     """A metric in the one-line answer: its name and, where it is not the plain final value, the statistic."""
-    name = METRIC_NAMES.get(metric, metric)
+    name = metric_name(metric)
+    if statistic.startswith("reach"):
+        return f"steps to {name} {statistic[5:]}"
     if statistic.endswith("_swing"):
         return f"swing of {name}"
     if statistic == "precise":
@@ -108,7 +125,8 @@ def contrast_sentence(sweep: dict, row: dict, hide=()) -> str:
     m = row["metric"].partition(" vs ")[0]
     head = contrast_head(sweep, row, hide)
     if row.get("note"):
-        return f"{head}: {row['note']} ({row['n']} finished)"
+        counted = f"reached by {row['reached']} runs" if row.get("reached") else f"{row['n']} finished"
+        return f"{head}: {row['note']} ({counted})"
     text = f"{head}: {number(row['mean_a'], m)} vs {number(row['mean_b'], m)}, {signed(row['diff'], m)}"
     if row["ci_low"] is not None:
         text += f" [{signed(row['ci_low'], m)}, {signed(row['ci_high'], m)}]"
@@ -117,6 +135,8 @@ def contrast_sentence(sweep: dict, row: dict, hide=()) -> str:
         how += f", permutation p {row['p']:.2g}"
     if row.get("p_holm") is not None:
         how += f", Holm-adjusted t p {row['p_holm']:.2g}"
+    if row.get("ratio"):
+        text += f", {row['ratio']:.3g}x the steps (reached by {row['reached']} runs)"
     text += f": {verdict_text(row)} ({how})"
     if row.get("swing") is not None and row["diff"] is not None and abs(row["diff"]) < row["swing"]:
         text += f"; the difference is smaller than this figure's swing within a run ({number(row['swing'], m)})"
@@ -221,7 +241,8 @@ def row_outcome(r: dict) -> str:
     """'+0.030 inconclusive at n=5', '-0.228 lower' or 'no finished run'."""
     if r.get("note"):
         return r["note"]
-    return f"{signed(r['diff'], r['metric'].partition(' vs ')[0])} {r['verdict']}" + (
+    ratio = f" ({r['ratio']:.3g}x)" if r.get("ratio") else ""
+    return f"{signed(r['diff'], r['metric'].partition(' vs ')[0])}{ratio} {r['verdict']}" + (
         f" at n={r['n']}" if r["verdict"] == "inconclusive" else "")
 
 

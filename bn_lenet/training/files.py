@@ -158,6 +158,26 @@ def write_metrics(run_dir: Path, rows: list) -> None:
 METRIC_KEYS = ("epoch", "loss", "train_acc", "test_acc", "examples_per_sec", "seconds")  # every row has these
 
 
+def read_steps(path: Path) -> list:
+    """A per-step record's rows (curve.jsonl, landscape.jsonl; [] if there is none); a line that is not a row
+    with its step raises CorruptFile."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    for n, line in enumerate(_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise _damaged(path, f"line {n} is not valid JSON ({e.msg}, column {e.colno})") from None
+        if not isinstance(row, dict) or not _number(row.get("step")):
+            raise _damaged(path, f"line {n} is not a step's row (no number 'step')")
+        rows.append(row)
+    return rows
+
+
 def read_metrics(run_dir) -> list:
     """metrics.jsonl's rows ([] if there is none); a line that is not an epoch's row raises CorruptFile."""
     path = Path(run_dir) / "metrics.jsonl"
