@@ -25,10 +25,11 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def fake_sweep(folder, spec_text: str, outcome) -> tuple:
+def fake_sweep(folder, spec_text: str, outcome, steps=None) -> tuple:
     """A sweep whose run directories are written by hand, as a finished sweep leaves them, so the analysis can
     be checked on known numbers: ``outcome(values, seed)`` gives a run's per-epoch rows (a list of dicts with
-    at least loss and test_acc), or "diverged". Returns (spec file, OUT)."""
+    at least loss and test_acc), or "diverged"; ``steps(values, seed)``, when given, its per-step files
+    ({"curve.jsonl": rows, "landscape.jsonl": rows}). Returns (spec file, OUT)."""
     import json
     from pathlib import Path
 
@@ -48,6 +49,8 @@ def fake_sweep(folder, spec_text: str, outcome) -> tuple:
         full = [{"epoch": i, "train_acc": r.get("test_acc", 0.5), "examples_per_sec": 1000.0, "seconds": 1.0, **r}
                 for i, r in enumerate(rows, 1)]
         (run["dir"] / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in full))
+        for name, step_rows in (steps(run["values"], run["seed"]) if steps else {}).items():
+            (run["dir"] / name).write_text("".join(json.dumps(r) + "\n" for r in step_rows))
     return spec_file, out
 
 
