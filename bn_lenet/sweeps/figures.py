@@ -15,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from .analysis import metric_statistic  # noqa: E402
 from .stats import by_seed, curve_name, describe, field, finished  # noqa: E402
 from .sentences import metric_label, point_label  # noqa: E402
 
@@ -178,3 +179,59 @@ def along_steps(sweep: dict, source: str, layout: list, path, targets=None) -> b
     fig.subplots_adjust(hspace=0.6, wspace=0.3, top=0.82 if len(layout) == 1 else 0.93)
     _save(fig, path)
     return True
+
+
+# --- which figures a report gets -------------------------------------------------------------------------
+
+def draw(sweep: dict) -> list:
+    """Draw the figures; returns [(file name, caption)]."""
+    out, made = sweep["out"], []
+    metrics = list(dict.fromkeys(m for m in ("loss", "test_acc", "test_acc_precise") if m in sweep["metrics"]))
+    if curves(sweep, metrics, out / "curves.png"):
+        made.append(("curves.png", "Per-epoch figures per point: mean over the finished seeds, band min..max."))
+    made += draw_steps(sweep)
+    zipped = list(sweep["spec"].get("zip") or {})
+    for key in [k for k in sweep["keys"] if k not in zipped[1:]]:  # keys zipped with the first add no new axis
+        values = [p["values"][key] for p in sweep["points"] if key in p["values"]]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            continue  # only a numeric key gets an x axis
+        for metric in sweep["lead"]:
+            name, statistic = metric_statistic(sweep, metric)
+            file = f"{name}_vs_{key.rpartition('.')[2]}.png"
+            if name in sweep["metrics"] and against(sweep, key, name, statistic, out / file):
+                made.append((file, f"{metric_label(name, statistic)} against {key}: mean ± std over the "
+                                   f"finished seeds, one dot per seed, a red x per diverged run."))
+    return made
+
+
+def draw_steps(sweep: dict) -> list:
+    """The figures recorded along the steps: the learning curve (with the targets of any steps-to-target
+    metric dashed), the loss landscape, and internal covariate shift per layer."""
+    report, out, made = sweep["spec"]["report"], sweep["out"], []
+    named = [*report["lead"], *(m for c in report["contrast"] for m in [*c.get("metrics", []), c.get("versus", "")])]
+    targets = {}
+    for name, _, statistic in (m.partition(":") for m in named):
+        if statistic.startswith("reach"):
+            targets.setdefault(name, []).append(float(statistic[5:]))
+    curve = sweep["steps"]["curve"]
+    layout = [[m for m in ("test_acc_batch_stats" if "test_acc_batch_stats" in curve else "test_acc", "train_loss")
+               if m in curve]]
+    if curve and along_steps(sweep, "curve", layout, out / "steps_curve.png", targets):
+        made.append(("steps_curve.png", "The learning curve every log.eval_every of an epoch (curve.jsonl): test "
+                     "accuracy (with each test batch's own statistics where the network has BN) and the training "
+                     "loss since the row before; mean over the finished seeds, band min..max; dashed: the targets."))
+    land = sweep["steps"]["landscape"]
+    smooth = [[m for m in ("loss_max-loss_min", "grad_change", "beta_smoothness")
+               if all(part in land for part in m.split("-"))]]
+    if land and along_steps(sweep, "landscape", smooth, out / "steps_landscape.png"):
+        made.append(("steps_landscape.png", "Along the SGD step, every log.landscape_every steps (landscape.jsonl): "
+                     "the loss variation (largest minus least loss at 0.25 to 4 times the step), the gradient's "
+                     "change (gradient predictiveness: small = predictive) and the effective beta-smoothness; "
+                     "mean over the finished seeds, band min..max."))
+    layers = list(dict.fromkeys(f.partition(".")[2] for f in land if f.startswith("ics_l2.")))
+    ics = [[f"ics_l2.{layer}", f"ics_cos.{layer}"] for layer in layers]
+    if ics and along_steps(sweep, "landscape", ics, out / "steps_ics.png"):
+        made.append(("steps_ics.png", "Internal covariate shift per layer (Santurkar et al.'s definition): the l2 "
+                     "distance and the cosine between a layer's gradient before and after the layers below it take "
+                     "their step; mean over the finished seeds, band min..max."))
+    return made

@@ -10,7 +10,7 @@ bn_*.json, grad_norms.jsonl, curve.jsonl, landscape.jsonl), so ``--report-only``
     contrasts.csv  one row per contrast the report states (analysis.py, rule.py): a, b, metric, statistic, n,
                    paired, mean_a, mean_b, diff, ci_low, ci_high, p, verdict, then p_t, p_holm, margin, swing,
                    seeds_needed, note, ratio (steps to a target: mean_a / mean_b), reached (runs that reached it, a+b)
-    curves.png, <metric>_vs_<key>.png   (figures.py)
+    curves.png, <metric>_vs_<key>.png, steps_*.png   (figures.py: which figures, and how they are drawn)
 
 Statuses: finished (trained every epoch; averaged), of which stuck (finite loss but test acc at chance,
 <= STUCK_ACC), diverged (loss or weights became inf/NaN: no final figure; counted, never averaged), and
@@ -163,60 +163,6 @@ def _where(run: dict) -> str:
     return f" after {m['epochs_done']} epoch(s)" if "epochs_done" in m else ""
 
 
-def draw(sweep: dict) -> list:
-    """Draw the figures; returns [(file name, caption)]."""
-    out, made = sweep["out"], []
-    metrics = list(dict.fromkeys(m for m in ("loss", "test_acc", "test_acc_precise") if m in sweep["metrics"]))
-    if figures.curves(sweep, metrics, out / "curves.png"):
-        made.append(("curves.png", "Per-epoch figures per point: mean over the finished seeds, band min..max."))
-    made += draw_steps(sweep)
-    zipped = list(sweep["spec"].get("zip") or {})
-    for key in [k for k in sweep["keys"] if k not in zipped[1:]]:  # keys zipped with the first add no new axis
-        values = [p["values"][key] for p in sweep["points"] if key in p["values"]]
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-            continue  # only a numeric key gets an x axis
-        for metric in sweep["lead"]:
-            name, statistic = metric_statistic(sweep, metric)
-            file = f"{name}_vs_{key.rpartition('.')[2]}.png"
-            if name in sweep["metrics"] and figures.against(sweep, key, name, statistic, out / file):
-                made.append((file, f"{sentences.metric_label(name, statistic)} against {key}: mean ± std over the "
-                                   f"finished seeds, one dot per seed, a red x per diverged run."))
-    return made
-
-
-def draw_steps(sweep: dict) -> list:
-    """The figures recorded along the steps: the learning curve (with the targets of any steps-to-target
-    metric dashed), the loss landscape, and internal covariate shift per layer."""
-    report, out, made = sweep["spec"]["report"], sweep["out"], []
-    named = [*report["lead"], *(m for c in report["contrast"] for m in [*c.get("metrics", []), c.get("versus", "")])]
-    targets = {}
-    for name, _, statistic in (m.partition(":") for m in named):
-        if statistic.startswith("reach"):
-            targets.setdefault(name, []).append(float(statistic[5:]))
-    curve = sweep["steps"]["curve"]
-    layout = [[m for m in ("test_acc_batch_stats" if "test_acc_batch_stats" in curve else "test_acc", "train_loss")
-               if m in curve]]
-    if curve and figures.along_steps(sweep, "curve", layout, out / "steps_curve.png", targets):
-        made.append(("steps_curve.png", "The learning curve every log.eval_every of an epoch (curve.jsonl): test "
-                     "accuracy (with each test batch's own statistics where the network has BN) and the training "
-                     "loss since the row before; mean over the finished seeds, band min..max; dashed: the targets."))
-    land = sweep["steps"]["landscape"]
-    smooth = [[m for m in ("loss_max-loss_min", "grad_change", "beta_smoothness")
-               if all(part in land for part in m.split("-"))]]
-    if land and figures.along_steps(sweep, "landscape", smooth, out / "steps_landscape.png"):
-        made.append(("steps_landscape.png", "Along the SGD step, every log.landscape_every steps (landscape.jsonl): "
-                     "the loss variation (largest minus least loss at 0.25 to 4 times the step), the gradient's "
-                     "change (gradient predictiveness: small = predictive) and the effective beta-smoothness; "
-                     "mean over the finished seeds, band min..max."))
-    layers = list(dict.fromkeys(f.partition(".")[2] for f in land if f.startswith("ics_l2.")))
-    ics = [[f"ics_l2.{layer}", f"ics_cos.{layer}"] for layer in layers]
-    if ics and figures.along_steps(sweep, "landscape", ics, out / "steps_ics.png"):
-        made.append(("steps_ics.png", "Internal covariate shift per layer (Santurkar et al.'s definition): the l2 "
-                     "distance and the cosine between a layer's gradient before and after the layers below it take "
-                     "their step; mean over the finished seeds, band min..max."))
-    return made
-
-
 def contrast_cells(row: dict) -> dict:
     cells = {}
     for col in CONTRAST_COLUMNS:
@@ -350,7 +296,7 @@ def write_report(spec: dict, out, planned: list, provenance: dict, done=None) ->
         lines += published_lines(sweep)
     write_summary_csv(sweep, sweep["out"] / "summary.csv")
     write_contrasts_csv(result["contrasts"], sweep["out"] / "contrasts.csv")
-    made = draw(sweep)
+    made = figures.draw(sweep)
     for stale in set(sweep["out"].glob("*.png")) - {sweep["out"] / name for name, _ in made}:
         stale.unlink()  # a figure an earlier report drew and this one does not: it would contradict the report
     if made:
