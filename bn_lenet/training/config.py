@@ -227,8 +227,7 @@ def check_processes(cfg: Config, cuda: bool | None = None, world: int | None = N
     if world is None and t.device.startswith("cuda:"):
         raise ConfigError(f"train.device = {t.device!r} with train.processes = {n}: each process uses the GPU of "
                           f"its local rank; use train.device=cuda (or auto)")
-    batch_stats = has_batch_stats(cfg)
-    if not batch_stats and not cfg.bn.sync:
+    if not has_batch_stats(cfg) and not cfg.bn.sync:
         raise ConfigError(f"bn.sync = false has no effect: model.norm = {cfg.model.norm} has no batch statistics "
                           f"(nothing to sync); drop it")
     on_cpu = t.device == "cpu" or (t.device == "auto" and cuda is False)
@@ -236,12 +235,29 @@ def check_processes(cfg: Config, cuda: bool | None = None, world: int | None = N
         raise ConfigError(f"model.norm = torch with bn.sync = true and {where} needs CUDA: nn.SyncBatchNorm only "
                           f"runs on GPUs (NCCL). On CPU use model.norm=scratch (our BN syncs over gloo too) or "
                           f"bn.sync=false")
-    need = 2 if batch_stats and not cfg.bn.sync else 1  # local BN normalizes each slice: 2 values per channel
-    if world is None and t.batch_size // n < need:  # (in the job: distributed.check, with the last batch)
-        raise ConfigError(f"train.batch_size = {t.batch_size} over train.processes = {n} leaves a process "
-                          f"{t.batch_size // n} example(s) of a batch; each needs at least {need}"
-                          f"{' (local BN, bn.sync=false)' if need == 2 else ''}: use a larger train.batch_size or "
-                          f"fewer processes")
+    if world is None:  # in the job, distributed.check asks again, with the last batch
+        check_slices(cfg, n)
+
+
+def check_slices(cfg: Config, world: int, last: int | None = None) -> None:
+    """Every process of a job needs examples of every batch it slices: at least 1, or 2 with local BN (each slice
+    is normalized alone: 2 values per channel). Before a job is launched only the full batch is known; in the
+    job, ``last`` is the epoch's last batch (short when the data does not divide)."""
+    t = cfg.train
+    need = 2 if has_batch_stats(cfg) and not cfg.bn.sync else 1
+    local = " (local BN, bn.sync=false)" if need == 2 else ""
+    if last is None:
+        if t.batch_size // world < need:
+            raise ConfigError(f"train.batch_size = {t.batch_size} over train.processes = {world} leaves a process "
+                              f"{t.batch_size // world} example(s) of a batch; each needs at least {need}{local}: use "
+                              f"a larger train.batch_size or fewer processes")
+        return
+    smallest = min(t.batch_size, last) // world
+    if smallest < need:
+        which = "the last batch" if last < t.batch_size else "a batch"
+        raise ConfigError(f"train.batch_size = {t.batch_size} over {world} processes leaves a process "
+                          f"{smallest} example(s) of {which} ({min(last, t.batch_size)}); "
+                          f"each needs at least {need}{local}: use a larger train.batch_size or fewer processes")
 
 
 def from_dict(d: dict, where: str = "config") -> Config:
