@@ -39,7 +39,8 @@ from ..training import process
 from . import tutorial
 from ..network.model import from_config
 from ..training.data import num_batches
-from ..training.train import fit, make_optimizer, resolve_device, set_fp32_math, sync, uses_tf32
+from ..training.device import resolve_device
+from ..training.train import fit, make_optimizer, set_fp32_math, sync, uses_tf32
 
 ROOT = Path(__file__).resolve().parents[2]
 TUTORIAL_NORMS = ("scratch", "torch")  # the tutorial's two runs; "none" is not one of them

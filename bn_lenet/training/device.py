@@ -27,3 +27,19 @@ def auto() -> str:
 def settle(name: str) -> str:
     """A train.device with "auto" replaced by what it means here; any other name as it is."""
     return auto() if name == "auto" else name
+
+
+def resolve_device(name: str):
+    """The torch.device of a train.device in one process (a torchrun job's processes: distributed.device_for)."""
+    import torch
+    if name == "auto":
+        return torch.device(auto())
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"train.device is {name!r} but no CUDA GPU is visible to PyTorch "
+                        f"(torch.cuda.is_available() is False); use --set train.device=auto or cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise UserError(f"train.device is {name!r} but PyTorch sees {count} CUDA GPU(s) (cuda:0 to "
+                        f"cuda:{count - 1}); choose one of them, or use --set train.device=cuda")
+    return device

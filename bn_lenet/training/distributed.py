@@ -28,6 +28,8 @@ import torch.distributed as dist
 from torch import nn
 
 from . import device as device_mod
+from .config import check_processes, check_slices, has_batch_stats
+from .data import num_batches
 from ..errors import ConfigError, UserError
 
 TIMEOUT_ENV = "BN_LENET_DIST_TIMEOUT"
@@ -76,6 +78,25 @@ class Job:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    # --- this process's part -------------------------------------------------------------------------------
+
+    def device(self, name: str) -> torch.device:
+        """This process's device for a train.device: in a job, the GPU of its local rank (device_for)."""
+        return device_for(self, name) if self.distributed else device_mod.resolve_device(name)
+
+    def check(self, cfg, device: torch.device, train_examples: int) -> None:
+        """What this job cannot do with ``cfg`` (``check``); nothing to check in one process."""
+        if self.distributed:
+            check(cfg, self, device, train_examples)
+
+    def log(self, log):
+        """``log`` on rank 0, which reports for the job; a no-op elsewhere."""
+        return log if self.is_main else lambda *_: None
+
+    def main_value(self, value):
+        """Rank 0's ``value`` on every process (``value`` itself in one process)."""
+        return gather_objects(value, self.control)[0] if self.distributed else value
 
     # --- batches ---------------------------------------------------------------------------------------
 
@@ -192,11 +213,9 @@ class Job:
 
     def describe(self, cfg) -> dict:
         """What meta.json records about the job."""
-        from ..network.options import BATCH_NORMS
         if not self.distributed:
             return {}
-        batch_stats = cfg.model.norm in BATCH_NORMS and cfg.model.norm_layers
-        mode = ("synced" if self.sync else "local") if batch_stats else "none (no batch statistics)"
+        mode = ("synced" if self.sync else "local") if has_batch_stats(cfg) else "none (no batch statistics)"
         return {"world_size": self.world, "backend": self.backend, "bn_sync": mode}
 
 
@@ -261,31 +280,19 @@ def device_for(job: Job, name: str) -> torch.device:
 
 def check(cfg, job: Job, device: torch.device, train_examples: int) -> None:
     """What a torchrun job cannot do with this config, as one error before anything is trained."""
-    from .config import check_processes
-    from .data import num_batches
-    from ..network.options import BATCH_NORMS
     t, b = cfg.train, cfg.bn
     if t.processes > 1 and t.processes != job.world:
         raise ConfigError(f"train.processes = {t.processes} but this torchrun job has {job.world} processes: "
                           f"give torchrun --nproc-per-node {t.processes}, or leave train.processes at 1 (then "
                           f"a torchrun job takes the processes torchrun gives it)")
     check_processes(cfg, cuda=device.type == "cuda", world=job.world)
-    bn = cfg.model.norm in BATCH_NORMS and cfg.model.norm_layers  # batch statistics to sync or not
-    if bn and b.sync and (b.ghost_batch or b.normalize != "full"):
+    if has_batch_stats(cfg) and b.sync and (b.ghost_batch or b.normalize != "full"):
         key, value = ("bn.ghost_batch", b.ghost_batch) if b.ghost_batch else ("bn.normalize", b.normalize)
         raise ConfigError(f"{key} = {value!r} with bn.sync = true: synced BN normalizes the whole global batch "
                           f"(full normalization only); use bn.sync=false (each process normalizes its own slice, "
                           f"with {key} inside it) or drop {key}")
     batches = num_batches(train_examples, t.batch_size, t.limit_batches)
-    last = min(t.batch_size, train_examples - (batches - 1) * t.batch_size)
-    need = 2 if bn and not cfg.bn.sync else 1  # local BN normalizes each slice: 2 values per channel
-    smallest = min(t.batch_size, last) // job.world
-    if smallest < need:
-        which = "the last batch" if last < t.batch_size else "a batch"
-        raise ConfigError(f"train.batch_size = {t.batch_size} over {job.world} processes leaves a process "
-                          f"{smallest} example(s) of {which} ({last if last < t.batch_size else t.batch_size}); "
-                          f"each needs at least {need}{' (local BN, bn.sync=false)' if need == 2 else ''}: "
-                          f"use a larger train.batch_size or fewer processes")
+    check_slices(cfg, job.world, last=min(t.batch_size, train_examples - (batches - 1) * t.batch_size))
 
 
 def use(job: Job, cfg, device: torch.device) -> Job:
@@ -296,8 +303,7 @@ def use(job: Job, cfg, device: torch.device) -> Job:
     job.backend = "nccl" if device.type == "cuda" else "gloo"
     if job.backend == "nccl":
         job.data = dist.new_group(backend="nccl", timeout=datetime.timedelta(seconds=timeout_seconds()))
-    from ..network.options import BATCH_NORMS
-    job.sync = bool(cfg.bn.sync and cfg.model.norm in BATCH_NORMS and cfg.model.norm_layers)
+    job.sync = cfg.bn.sync and has_batch_stats(cfg)
     return job
 
 

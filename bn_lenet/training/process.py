@@ -10,7 +10,7 @@ from contextlib import contextmanager
 
 def trains_on_cpu(device: str) -> bool:
     """Whether a config's train.device ("auto", "cpu", "cuda", "cuda:1") trains on the CPU, as
-    train.resolve_device decides it."""
+    device.resolve_device decides it."""
     from .device import settle
     return settle(device) == "cpu"
 
