@@ -28,11 +28,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bn_lenet.training import config, data as data_mod, process, runs  # noqa: E402
+from bn_lenet.training.run_dir import new_run_dir  # noqa: E402
 from bn_lenet import published  # noqa: E402
 from bn_lenet.errors import run_main  # noqa: E402
 from bn_lenet.errors import UserError  # noqa: E402
 from bn_lenet.training.files import read_json  # noqa: E402
-from bn_lenet.training.train import resolve_device  # noqa: E402
+from bn_lenet.training.device import resolve_device  # noqa: E402
 
 VARIANTS = {"scratch_bn": "configs/scratch_bn.toml", "torch_bn": "configs/torch_bn.toml"}
 # The tutorial's published runs (V100; sources in bn_lenet/published.py). Quoted, never measured here.
@@ -111,7 +112,7 @@ def train_side_by_side(overrides, threads: int) -> dict:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     procs, readers, run_dirs = {}, [], {}
     for name, path in VARIANTS.items():
-        run_dirs[name] = runs.new_run_dir(None, f"reproduce-{name}")
+        run_dirs[name] = new_run_dir(None, f"reproduce-{name}")
         sets = [f"train.threads={threads}", *overrides]  # the caller's own train.threads, if any, wins
         cmd = [sys.executable, "-m", "bn_lenet", "run", str(ROOT / path), "--quiet", "--out", str(run_dirs[name]),
                *(f"--set={s}" for s in sets)]

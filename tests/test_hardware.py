@@ -13,7 +13,7 @@ import torch
 
 from bn_lenet.cli import main
 from bn_lenet.training import device, process, runs
-from bn_lenet.training.train import resolve_device
+from bn_lenet.training.device import resolve_device
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "scratch_bn.toml"

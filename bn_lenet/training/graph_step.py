@@ -1,7 +1,7 @@
 """The whole training step (forward, backward, SGD update) captured in one CUDA graph (``train.cuda_graph``).
 
 On a GPU a LeNet step is many tiny kernels (forward, backward and update of five layers and four BN layers),
-so launching them is expected to cost more than running them (DESIGN.md; not measured in this project). A
+so launching them is expected to cost more than running them (not measured in this project). A
 CUDA graph records the launches once and replays them with one call. A replay reads and writes the same memory
 every time, so the step runs on static buffers: the batch is gathered on the device from a fixed index
 tensor (``static_idx``, refreshed with one copy per step) out of the device-resident dataset, the weights,

@@ -25,11 +25,9 @@ from dataclasses import dataclass, asdict
 import torch
 from torch import nn
 
-from . import device as device_mod
 from . import graph_step
 from .data import FashionMNIST, epoch_order, num_batches, to_float
 from .distributed import SINGLE, share
-from ..errors import UserError
 from ..network.model import bn_layers, gamma_beta, is_norm, moving_stats
 from ..network.batchnorm import BatchNorm, channel_dims, ghost_sizes
 from .step import autocast, train_step
@@ -62,20 +60,6 @@ class Interrupted(Exception):
     def __init__(self, epoch: int, batch: int):
         super().__init__(f"interrupted during epoch {epoch}, batch {batch}")
         self.epoch, self.batch = epoch, batch
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":  # CUDA if visible, unless BN_LENET_DEVICE says (device.py)
-        return torch.device(device_mod.auto())
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"train.device is {name!r} but no CUDA GPU is visible to PyTorch "
-                        f"(torch.cuda.is_available() is False); use --set train.device=auto or cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        count = torch.cuda.device_count()
-        raise UserError(f"train.device is {name!r} but PyTorch sees {count} CUDA GPU(s) (cuda:0 to "
-                        f"cuda:{count - 1}); choose one of them, or use --set train.device=cuda")
-    return device
 
 
 def sync(device: torch.device) -> None:
@@ -329,9 +313,8 @@ def fit(model: nn.Module, data: FashionMNIST, cfg, optimizer=None, start_epoch: 
     ``on_epoch(stats)`` runs after each finished epoch (the run directory saves there). A non-finite loss
     raises Diverged before on_epoch; ``should_stop()`` true at a batch boundary raises Interrupted.
     ``grad_norms`` (a GradNorms, for log.grad_norms) is restarted each epoch and fed every step; on_epoch
-    reads its row. In a data-parallel job (``job``, distributed.py) this process trains on its slice of every
-    batch through DDP, and the epoch's figures are those of the whole job (gradient norms are of the averaged,
-    global-batch gradients).
+    reads its row. In a data-parallel job (``job``, distributed.py) the epoch's figures are those of the whole
+    job (gradient norms are of the averaged, global-batch gradients); ``make_step`` says how each batch trains.
     ``landscape`` (a landscape.Landscape, log.landscape) measures before the steps it says are due; ``curve``
     (a curve.Curve, log.eval_every) records the test accuracy within the epoch. Both add rows to their ``rows``;
     their time is not counted in examples/sec.
@@ -339,102 +322,130 @@ def fit(model: nn.Module, data: FashionMNIST, cfg, optimizer=None, start_epoch: 
     t, device = cfg.train, data.train_labels.device
     optimizer = optimizer or make_optimizer(model, t.lr, t.weight_decay)
     set_fp32_math(t.precision, device)
-    # Compiled for the full-size batches only: the last partial batch (96 of 60,000) runs eagerly, with the
-    # same parameters, instead of paying a second compile for its shape. (A new wrapper per fit() call costs
-    # nothing: dynamo's cache is keyed by the code and guards, so the same model structure compiles once.)
-    full_size = torch.compile(model) if t.compile else model
-    parallel = job.wrap(model)  # DDP in a data-parallel job
-    stop_pending = [False]
-    n = data.train_labels.shape[0]
-    batches = num_batches(n, t.batch_size, t.limit_batches)
+    history = []
+    if start_epoch >= t.epochs:
+        return history
+    batches = num_batches(data.train_labels.shape[0], t.batch_size, t.limit_batches)
     # Summed loss and correct count of the epoch, zeroed in place at each epoch start (a CUDA graph adds
     # into them at fixed addresses).
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), dtype=torch.long, device=device)
-    static_step = None
-    history = []
+    sums = torch.zeros((), device=device), torch.zeros((), dtype=torch.long, device=device)
+    started = time.perf_counter()  # the first epoch's seconds include making the step (a CUDA graph's capture)
+    model.train()  # a captured step records train mode
+    step = make_step(model, optimizer, data, cfg, job, grad_norms, *sums)
+    stop_pending = [False]  # a stop asked between two of the job's agreements (Job.stop_agreed)
     for epoch in range(start_epoch + 1, t.epochs + 1):
-        started = time.perf_counter()
-        model.train()
-        if t.lr_schedule != "constant":  # (refused with train.cuda_graph: a captured step keeps its lr)
-            for group in optimizer.param_groups:
-                group["lr"] = epoch_lr(t.lr, t.lr_schedule, epoch, t.epochs)
-        if static_step is None and graph_step.wanted(t, device) and n >= t.batch_size:  # train.cuda_graph
-            # Warm-up and capture, once per fit(): counted in this epoch's seconds, not in its examples/sec.
-            # Before the accumulators are zeroed: the warm-up steps add into them.
-            static_step = graph_step.make_static_step(model, full_size, optimizer, data.train_images,
-                                                      data.train_labels, t.batch_size, t.precision, loss_sum,
-                                                      correct)
-        order = epoch_order(n, t.seed, epoch, device)
-        loss_sum.zero_()
-        correct.zero_()
-        if grad_norms is not None:
-            grad_norms.start_epoch()
-        if curve is not None:
-            curve.start_epoch(batches, min(n, batches * t.batch_size))
-        seen, paused = 0, 0.0  # paused: seconds of measurements between steps, not counted as step time
         bar = _progress_bar(progress, batches, epoch, t.epochs)
-        sync(device)
-        step_start = time.perf_counter()
-        for b in range(batches):
-            if job.stop_agreed(should_stop(), b, stop_pending):
-                raise Interrupted(epoch, b)
-            idx = order[b * t.batch_size:(b + 1) * t.batch_size]
-            full = idx.shape[0] == t.batch_size
-            if landscape is not None and landscape.due((epoch - 1) * batches + b + 1):
-                paused += _timed(device, landscape.measure, model, optimizer, to_float(data.train_images[idx]),
-                                 data.train_labels[idx], (epoch - 1) * batches + b + 1, epoch, t.precision)
-            if job.distributed:
-                idx, weight = job.slice(idx)
-                batch_loss, batch_correct = train_step(parallel, optimizer, to_float(data.train_images[idx]),
-                                                       data.train_labels[idx], t.precision, grad_norms, weight)
-                loss_sum += batch_loss
-                correct += batch_correct
-            elif full and static_step is not None:
-                static_step(idx)  # the same train_step, replayed from the graph; adds into loss_sum, correct
-            else:
-                batch_loss, batch_correct = train_step(full_size if full else model, optimizer,
-                                                       to_float(data.train_images[idx]), data.train_labels[idx],
-                                                       t.precision, grad_norms)
-                loss_sum += batch_loss
-                correct += batch_correct
-            seen += idx.shape[0]
-            if curve is not None and curve.due(b + 1):
-                paused += _timed(device, curve.record, model, data, cfg, epoch, b + 1, loss_sum, correct, seen)
-            if bar is not None:
-                bar.update(1)
-                if (b + 1) % PROGRESS_EVERY == 0:  # a host sync, only when someone watches the bar
-                    bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}")
-        sync(device)
-        step_seconds = time.perf_counter() - step_start - paused
-        loss_total, correct_total, seen, step_seconds = job.epoch_totals(loss_sum.item(), correct.item(), seen,
+        seen, step_seconds = train_epoch(step, epoch, batches, model, optimizer, data, cfg, sums, bar,
+                                         lambda b: job.stop_agreed(should_stop(), b, stop_pending), grad_norms,
+                                         landscape, curve)
+        loss_total, correct_total, seen, step_seconds = job.epoch_totals(sums[0].item(), sums[1].item(), seen,
                                                                          step_seconds)
         loss, train_acc = loss_total / seen, correct_total / seen
         if not job.sync:
             job.average_moving_stats(model)  # local BN in a data-parallel job (no-op in one process)
-        test_acc = float("nan") if not math.isfinite(loss) else evaluate(
-            model, data.test_images, data.test_labels, cfg.eval.batch_size, t.precision, job)
-        stats = EpochStats(epoch, loss, train_acc, test_acc, seen / step_seconds, 0.0)
-        if cfg.eval.precise_bn and math.isfinite(loss) and (cfg.eval.precise_bn_epochs == "all" or
-                                                            epoch == t.epochs):
-            stats.test_acc_precise = precise_test_acc(model, data, t.batch_size, cfg.eval.precise_bn_batches,
-                                                      cfg.eval.batch_size, job)
-        if cfg.eval.batch_stats and math.isfinite(loss):
-            stats.test_acc_batch_stats = batch_stats_test_acc(model, data.test_images, data.test_labels,
-                                                              t.batch_size, t.precision, job)
-        if curve is not None and math.isfinite(loss):  # the epoch's last row, from the figures just measured
-            curve.record(model, data, cfg, epoch, batches, loss_sum, correct, seen, test_acc,
-                         stats.test_acc_batch_stats)
+        stats = EpochStats(epoch, loss, train_acc, float("nan"), seen / step_seconds, 0.0)
+        if math.isfinite(loss):
+            evaluate_epoch(stats, model, data, cfg, job, batches, sums, seen, curve)
         stats.seconds = time.perf_counter() - started
         if bar is not None:
-            bar.set_postfix(loss=f"{loss:.3f}", acc=f"{train_acc:.3f}", test=f"{test_acc:.3f}")
+            bar.set_postfix(loss=f"{loss:.3f}", acc=f"{train_acc:.3f}", test=f"{stats.test_acc:.3f}")
             bar.close()
         if not math.isfinite(loss):
             raise Diverged(stats)
         history.append(stats)
         if on_epoch is not None:
             on_epoch(stats)
+        started = time.perf_counter()
     return history
+
+
+def make_step(model: nn.Module, optimizer, data: FashionMNIST, cfg, job, grad_norms, loss_sum: torch.Tensor,
+              correct: torch.Tensor):
+    """The step fit() runs for every batch, chosen once: ``step(idx)`` trains on the examples ``idx`` of the
+    training set, adds the summed loss and correct count into ``loss_sum`` and ``correct`` (on the device) and
+    returns how many examples this process trained on. In a data-parallel job, this process's slice of every
+    batch through DDP; else every full-size batch through the compiled model (train.compile) or the captured
+    CUDA graph (train.cuda_graph), and the last partial batch eagerly: the same parameters, without a second
+    compile or capture for its shape."""
+    t, images, labels = cfg.train, data.train_images, data.train_labels
+
+    def eager(module, idx, weight=1.0) -> int:
+        batch_loss, batch_correct = train_step(module, optimizer, to_float(images[idx]), labels[idx], t.precision,
+                                               grad_norms, weight)
+        loss_sum.add_(batch_loss)
+        correct.add_(batch_correct)
+        return idx.shape[0]
+
+    if job.distributed:
+        parallel = job.wrap(model)  # DDP
+        return lambda idx: eager(parallel, *job.slice(idx))
+    # (A new compiled wrapper per fit() call costs nothing: dynamo's cache is keyed by the code and guards, so
+    # the same model structure compiles once.)
+    full_size = torch.compile(model) if t.compile else model
+    full_step = lambda idx: eager(full_size, idx)  # noqa: E731
+    if graph_step.wanted(t, labels.device) and labels.shape[0] >= t.batch_size:
+        # Warm-up and capture happen here, once per fit(); the warm-up steps add into the sums, which each
+        # epoch zeroes at its start.
+        static_step = graph_step.make_static_step(model, full_size, optimizer, images, labels, t.batch_size,
+                                                  t.precision, loss_sum, correct)
+        full_step = lambda idx: static_step(idx) or idx.shape[0]  # noqa: E731  (static_step returns None)
+    return lambda idx: full_step(idx) if idx.shape[0] == t.batch_size else eager(model, idx)
+
+
+def train_epoch(step, epoch: int, batches: int, model, optimizer, data: FashionMNIST, cfg, sums: tuple, bar,
+                stop_agreed, grad_norms=None, landscape=None, curve=None) -> tuple:
+    """One epoch's batches through ``step`` in train mode, at the epoch's learning rate, in its seeded order;
+    the measurements of log.landscape and log.eval_every between the steps. Returns (examples this process trained on, seconds of the steps:
+    the measurements' time left out)."""
+    t, device, n = cfg.train, data.train_labels.device, data.train_labels.shape[0]
+    loss_sum, correct = sums
+    model.train()
+    if t.lr_schedule != "constant":  # (refused with train.cuda_graph: a captured step keeps its lr)
+        for group in optimizer.param_groups:
+            group["lr"] = epoch_lr(t.lr, t.lr_schedule, epoch, t.epochs)
+    order = epoch_order(n, t.seed, epoch, device)
+    loss_sum.zero_()
+    correct.zero_()
+    if grad_norms is not None:
+        grad_norms.start_epoch()
+    if curve is not None:
+        curve.start_epoch(batches, min(n, batches * t.batch_size))
+    seen, paused = 0, 0.0  # paused: seconds of measurements between steps, not counted as step time
+    sync(device)
+    step_start = time.perf_counter()
+    for b in range(batches):
+        if stop_agreed(b):
+            raise Interrupted(epoch, b)
+        idx = order[b * t.batch_size:(b + 1) * t.batch_size]
+        if landscape is not None and landscape.due((epoch - 1) * batches + b + 1):
+            paused += _timed(device, landscape.measure, model, optimizer, to_float(data.train_images[idx]),
+                             data.train_labels[idx], (epoch - 1) * batches + b + 1, epoch, t.precision)
+        seen += step(idx)
+        if curve is not None and curve.due(b + 1):
+            paused += _timed(device, curve.record, model, data, cfg, epoch, b + 1, loss_sum, correct, seen)
+        if bar is not None:
+            bar.update(1)
+            if (b + 1) % PROGRESS_EVERY == 0:  # a host sync, only when someone watches the bar
+                bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}")
+    sync(device)
+    return seen, time.perf_counter() - step_start - paused
+
+
+def evaluate_epoch(stats: EpochStats, model, data: FashionMNIST, cfg, job, batches: int, sums: tuple, seen: int,
+                   curve=None) -> None:
+    """Fill in ``stats``'s test accuracies after a finite epoch: eval mode, and with eval.precise_bn and
+    eval.batch_stats those too; then log.eval_every's row for the epoch's end, from the figures just measured."""
+    t, ev = cfg.train, cfg.eval
+    stats.test_acc = evaluate(model, data.test_images, data.test_labels, ev.batch_size, t.precision, job)
+    if ev.precise_bn and (ev.precise_bn_epochs == "all" or stats.epoch == t.epochs):
+        stats.test_acc_precise = precise_test_acc(model, data, t.batch_size, ev.precise_bn_batches, ev.batch_size,
+                                                  job)
+    if ev.batch_stats:
+        stats.test_acc_batch_stats = batch_stats_test_acc(model, data.test_images, data.test_labels, t.batch_size,
+                                                          t.precision, job)
+    if curve is not None:
+        curve.record(model, data, cfg, stats.epoch, batches, *sums, seen, stats.test_acc,
+                     stats.test_acc_batch_stats)
 
 
 def _timed(device: torch.device, work, *args) -> float:
