@@ -5,6 +5,8 @@ import torch
 
 from bn_lenet.training import data as data_mod
 from bn_lenet.training import device as device_mod
+from bn_lenet.training import plots
+from helpers import TEST_IMAGES, quiet, small_test_set
 
 # The one rule that makes the suite the same on a GPU machine as on a CPU one: train.device = "auto" means the
 # CPU for every test not marked ``gpu``, in this process and in every process a test starts (sweep workers, Ray
@@ -42,3 +44,35 @@ def fashion_mnist():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def small_data(fashion_mnist):
+    """The full training set and the first TEST_IMAGES test examples, for short runs."""
+    return small_test_set(fashion_mnist, TEST_IMAGES)
+
+
+@pytest.fixture(scope="module")
+def threads_restored():
+    """train.threads sets PyTorch's thread count for the whole process: put it back after the module."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def quick_runs(threads_restored):
+    """Short runs without their figures (drawing them is the slow part of a short run), threads put back after.
+    A module takes it with ``pytestmark = pytest.mark.usefixtures("quick_runs")``."""
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(plots, "curves", quiet)
+        m.setattr(plots, "bn_params", quiet)
+        yield
+
+
+@pytest.fixture(scope="module")
+def spec(request, tmp_path_factory):
+    """The module's sweep spec (its text in ``SPEC``) as a file named ``SPEC_FILE``."""
+    path = tmp_path_factory.mktemp("spec") / request.module.SPEC_FILE
+    path.write_text(request.module.SPEC)
+    return path

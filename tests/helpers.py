@@ -1,6 +1,13 @@
-"""What several test files share: the real dataset with a smaller test set, in this process or in a child."""
+"""What several test files share: the real dataset with a smaller test set, in this process or in a child; hand-made
+sweeps; the check of a user error's one line. The shared fixtures are in conftest.py."""
 
 from bn_lenet.training.data import FashionMNIST
+
+TEST_IMAGES = 500  # the test examples of a short run (conftest.py's small_data, child_script's children)
+
+
+def quiet(*_args, **_kwargs):
+    """A log, or a figure, that writes nothing."""
 
 
 def small_test_set(d: FashionMNIST, n: int) -> FashionMNIST:
@@ -23,6 +30,18 @@ def small(root=None):
 data.load_dataset = small
 sys.exit(main(sys.argv[1:]))
 """
+
+
+def sweep(spec, out, *extra) -> int:
+    """`bn-lenet sweep SPEC --out OUT --quiet [extra]`'s exit status."""
+    from bn_lenet.cli import main
+    return main(["sweep", str(spec), "--out", str(out), "--quiet", *extra])
+
+
+def run_of(out, point: str, seed: int):
+    """A sweep's run directory of a point and seed."""
+    from pathlib import Path
+    return Path(out) / "runs" / point / f"seed-{seed}"
 
 
 def fake_sweep(folder, spec_text: str, outcome, steps=None) -> tuple:

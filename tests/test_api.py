@@ -15,7 +15,6 @@ import torch
 import bn_lenet
 from bn_lenet import live_plot
 from bn_lenet.training import runs
-from bn_lenet.training.data import FashionMNIST
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["train.limit_batches=3", "train.batch_size=64", "train.threads=1"]
@@ -42,6 +41,7 @@ def test_import_bn_lenet_is_light_and_gives_the_public_names():
         bn_lenet.no_such_name
 
 
+@pytest.mark.slow
 def test_the_readme_notebook_example_runs_as_written(tmp_path):
     code = readme_example()
     assert len([line for line in code.splitlines() if line.strip()]) < 15
@@ -81,12 +81,7 @@ def test_outside_a_notebook_nothing_is_displayed():
     assert not live_plot.in_notebook() and live_plot.notebook_display() is None
 
 
-@pytest.fixture(scope="module")
-def small_data(fashion_mnist):
-    d = fashion_mnist
-    return FashionMNIST(d.train_images, d.train_labels, d.test_images[:500], d.test_labels[:500], d.source)
-
-
+@pytest.mark.slow
 def test_train_lenet_redraws_after_each_epoch_and_returns_history_and_model(small_data, tmp_path, monkeypatch):
     threads = torch.get_num_threads()
     shown = []

@@ -27,6 +27,7 @@ def one_epoch_run(tmp_path_factory):
     return out, proc.stdout
 
 
+@pytest.mark.slow
 def test_one_epoch_run_writes_every_output_and_prints_the_tutorial_lines(one_epoch_run):
     out, stdout = one_epoch_run
     for name in OUTPUTS:
@@ -35,6 +36,7 @@ def test_one_epoch_run_writes_every_output_and_prints_the_tutorial_lines(one_epo
     assert "conv1.bn gamma [" in stdout and "conv1.bn beta  [" in stdout
 
 
+@pytest.mark.slow
 def test_one_epoch_reaches_a_sensible_test_accuracy(one_epoch_run):
     out, _ = one_epoch_run
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -46,6 +48,7 @@ def test_one_epoch_reaches_a_sensible_test_accuracy(one_epoch_run):
         assert math.isclose(float(next(csv.DictReader(f))["test_acc"]), r["test_acc"])
 
 
+@pytest.mark.slow
 def test_outputs_describe_the_run(one_epoch_run):
     out, _ = one_epoch_run
     meta = json.loads((out / "meta.json").read_text())
@@ -59,6 +62,7 @@ def test_outputs_describe_the_run(one_epoch_run):
     assert ckpt["model"]["conv1.bn.gamma"].tolist() == pytest.approx(params["conv1.bn"]["gamma"])
 
 
+@pytest.mark.slow
 def test_an_existing_run_directory_is_never_overwritten(one_epoch_run, capsys):
     out, _ = one_epoch_run
     before = (out / "metrics.jsonl").read_text()
@@ -67,6 +71,7 @@ def test_an_existing_run_directory_is_never_overwritten(one_epoch_run, capsys):
     assert (out / "metrics.jsonl").read_text() == before
 
 
+@pytest.mark.slow
 def test_inspect_prints_gamma_beta_statistics_per_layer(one_epoch_run, capsys):
     out, _ = one_epoch_run
     assert main(["inspect", str(out), "--values"]) == 0

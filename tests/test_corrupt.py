@@ -66,12 +66,14 @@ def damaged_copy(source: Path, where: Path, name: str) -> tuple:
     return where, run / name, (run / name).read_bytes()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", DAMAGE)
 def test_inspect_names_the_damaged_file_in_one_error_line(made, tmp_path, capsys, name):
     _, path, _ = damaged_copy(made[0], tmp_path / "sweep", name)
     one_error_line(capsys, main(["inspect", str(path.parent)]), str(path), DAMAGE[name][1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["meta.json", "config.toml"])
 def test_resume_names_a_damaged_meta_or_config_in_one_error_line_and_changes_nothing(made, tmp_path, capsys, name):
     run, path, text = damaged_copy(made[1], tmp_path / "run", name)
@@ -80,6 +82,7 @@ def test_resume_names_a_damaged_meta_or_config_in_one_error_line_and_changes_not
     assert path.read_bytes() == text and {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["metrics.jsonl", "bn_params.json"])
 def test_resume_rewrites_damaged_metrics_or_bn_params_from_the_checkpoint(made, tmp_path, capsys, name):
     run, path, _ = damaged_copy(made[1], tmp_path / "run", name)
@@ -106,6 +109,7 @@ def assert_listed_corrupt(out: Path, capsys, code: int, name: str, path: Path, t
     return captured.out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("report_only", [True, False], ids=["report-only", "sweep"])
 @pytest.mark.parametrize("name", DAMAGE)
 def test_a_sweep_lists_a_run_with_a_damaged_file_as_corrupt_and_goes_on(made, tmp_path, capsys, name, report_only):
@@ -123,6 +127,7 @@ def test_a_sweep_trains_the_other_runs_beside_a_corrupt_one(made, tmp_path, caps
     assert "0 done, 1 to train, 1 corrupt" in printed and "norm=scratch seed-0: finished" in printed
 
 
+@pytest.mark.slow
 def test_a_damaged_sweep_json_is_one_error_line_and_is_not_written_over(made, tmp_path, capsys):
     out = tmp_path / "sweep"
     shutil.copytree(made[0], out)

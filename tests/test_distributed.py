@@ -6,9 +6,7 @@ tests start the real command, ``python -m torch.distributed.run --standalone --n
 tests/test_resume.py does). Runs are 2 epochs of 3 batches of 64 with one thread per process.
 """
 
-import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -26,7 +24,7 @@ from bn_lenet.training.distributed import Job, prepare_model, share
 from bn_lenet.network.model import lenet
 from bn_lenet.network.sync_batchnorm import synced_batch_norm
 from bn_lenet.training.train import evaluate, precise_test_acc, reestimate_bn, train_step
-from helpers import child_script, small_test_set  # noqa: E402
+from helpers import TEST_IMAGES, child_script, quiet  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "scratch_bn.toml"
@@ -34,7 +32,6 @@ CONFIG = ROOT / "configs" / "scratch_bn.toml"
 # different summation orders (2 slices, then DDP's average) to 7e-6 in 6 steps, against 3e-7 at 0.1.
 QUICK = ["train.epochs=2", "train.limit_batches=3", "train.batch_size=64", "train.threads=1", "train.lr=0.1",
          "eval.precise_bn=true", "eval.precise_bn_batches=3"]
-TEST_IMAGES = 500
 CHILD = child_script(TEST_IMAGES)
 TOL = 1e-5
 
@@ -70,9 +67,6 @@ def torchrun(tmp_path, *args, env=None, timeout=120):
                           env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
 
 
-def quiet(*_args, **_kwargs):
-    pass
-
 
 def final_state(run_dir: Path) -> dict:
     return torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"]
@@ -86,11 +80,6 @@ def bn_state(state: dict) -> dict:
 def max_diff(a: dict, b: dict) -> float:
     assert a.keys() == b.keys()
     return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
-
-
-@pytest.fixture(scope="module")
-def small_data(fashion_mnist):
-    return small_test_set(fashion_mnist, TEST_IMAGES)
 
 
 # --- the synced layer -----------------------------------------------------------------------------------------
@@ -128,6 +117,7 @@ def _two_ranks_worker(rank, world, out):
                 "step": _uneven_step_worker(rank, world)}, out / f"rank{rank}.pt")
 
 
+@pytest.mark.slow
 def test_synced_layer_forward_and_backward_equal_autograd_on_the_concatenated_batch(two_ranks):
     ranks = [r["layer"] for r in two_ranks]
     for ndim in (2, 4):
@@ -197,6 +187,7 @@ def _uneven_step_worker(rank, world):
     return result
 
 
+@pytest.mark.slow
 def test_synced_ddp_step_on_an_uneven_batch_equals_one_process_step(two_ranks):
     steps = [r["step"] for r in two_ranks]
     assert [s["sizes"] for s in steps] == [19, 18]
@@ -239,6 +230,7 @@ def _eval_worker(rank, world):
             "local_vs_one": max((local_[k] - one[k]).abs().max().item() for k in one)}
 
 
+@pytest.mark.slow
 def test_split_evaluation_and_precise_bn_give_one_process_numbers_exactly(two_ranks):
     for res in (r["eval"] for r in two_ranks):
         assert res["acc_job"] == res["acc_one"]
@@ -246,6 +238,7 @@ def test_split_evaluation_and_precise_bn_give_one_process_numbers_exactly(two_ra
         assert res["synced_equal"], "re-estimated BN statistics differ from one process's"
 
 
+@pytest.mark.slow
 def test_precise_bn_with_local_bn_takes_the_slices_statistics_as_ghost_batches_do(two_ranks):
     for res in (r["eval"] for r in two_ranks):
         assert res["local_vs_ghost"] < 1e-6
@@ -280,6 +273,7 @@ def two_local(tmp_path_factory):
     return tmp / "run"
 
 
+@pytest.mark.slow
 def test_two_synced_processes_train_as_one_process_on_the_global_batch(two_synced, one_process):
     rows, ref = runs.read_metrics(two_synced), runs.read_metrics(one_process)
     assert [r["epoch"] for r in rows] == [1, 2]
@@ -303,6 +297,7 @@ def one_process_ghost(small_data, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_two_local_processes_train_as_one_process_with_ghost_batches_of_half(two_local, one_process_ghost):
     rows, ref = runs.read_metrics(two_local), runs.read_metrics(one_process_ghost)
     assert [r["epoch"] for r in rows] == [1, 2]
@@ -316,6 +311,7 @@ def test_two_local_processes_train_as_one_process_with_ghost_batches_of_half(two
     assert runs.read_json(two_local / "meta.json")["bn_sync"] == "local"
 
 
+@pytest.mark.slow
 def test_local_bn_differs_from_synced_bn(two_local, two_synced):
     local, synced = runs.read_metrics(two_local), runs.read_metrics(two_synced)
     assert abs(local[-1]["loss"] - synced[-1]["loss"]) > 1e-4
@@ -324,6 +320,7 @@ def test_local_bn_differs_from_synced_bn(two_local, two_synced):
 
 # --- failures -----------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_torch_bn_synced_on_cpu_stops_every_process_with_one_clear_error(tmp_path):
     out = tmp_path / "run"
     r = torchrun(tmp_path, "run", str(CONFIG), "--set", "model.norm=torch", "--set", "train.device=cpu",
@@ -335,6 +332,7 @@ def test_torch_bn_synced_on_cpu_stops_every_process_with_one_clear_error(tmp_pat
     assert r.returncode != 0 and not out.exists()
 
 
+@pytest.mark.slow
 def test_a_killed_process_ends_the_job_keeps_finished_epochs_and_resume_continues(tmp_path, two_synced):
     out = tmp_path / "run"
     args = ["run", str(CONFIG), *sum((["--set", s] for s in QUICK), []), "--out", str(out), "--quiet"]
@@ -378,6 +376,7 @@ def launched(tmp_path_factory):
     return out, r
 
 
+@pytest.mark.slow
 def test_train_processes_2_is_a_two_process_job_that_trains_as_one_process(launched, one_process):
     out, r = launched
     meta = runs.read_json(out / "meta.json")
@@ -390,6 +389,7 @@ def test_train_processes_2_is_a_two_process_job_that_trains_as_one_process(launc
     assert r.stdout.count("run directory:") == 1 and r.stderr == ""  # rank 0's lines once, no torchrun noise
 
 
+@pytest.mark.slow
 def test_train_processes_refusals_are_one_error_line_before_any_process_starts(tmp_path):
     out = tmp_path / "run"
     for overrides, message in ((["train.processes=2", "train.cuda_graph=true"], "train.cuda_graph = true cannot be "
@@ -404,6 +404,7 @@ def test_train_processes_refusals_are_one_error_line_before_any_process_starts(t
         assert not out.exists()
 
 
+@pytest.mark.slow
 def test_inside_torchrun_train_processes_must_match_its_processes(tmp_path):
     out = tmp_path / "run"
     r = torchrun(tmp_path, "run", str(CONFIG), *sets(QUICK + ["train.processes=4"]), "--out", str(out))
@@ -413,6 +414,7 @@ def test_inside_torchrun_train_processes_must_match_its_processes(tmp_path):
     assert r.returncode != 0 and not out.exists()
 
 
+@pytest.mark.slow
 def test_a_launched_job_whose_rank_0_is_killed_says_so_in_one_line_and_resumes(tmp_path, launched):
     out = tmp_path / "run"
     r = bn_lenet("run", CONFIG, *sets(QUICK + ["train.processes=2"]), "--out", out,

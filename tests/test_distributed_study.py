@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bn_lenet.training import runs
-from bn_lenet.cli import main
+from helpers import run_of, sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "scratch_bn.toml"
@@ -42,31 +42,26 @@ b = "processes=1"
 a = "processes=2,sync=false"
 b = "processes=2,sync=true"
 """
+SPEC_FILE = "tiny_distributed.toml"
 POINTS = ["processes=1", "processes=2,sync=true", "processes=2,sync=false"]
-
-
-@pytest.fixture(scope="module")
-def spec(tmp_path_factory):
-    path = tmp_path_factory.mktemp("spec") / "tiny_distributed.toml"
-    path.write_text(SPEC)
-    return path
 
 
 @pytest.fixture(scope="module")
 def swept(spec, tmp_path_factory):
     out = tmp_path_factory.mktemp("sweep") / "out"
-    assert main(["sweep", str(spec), "--out", str(out), "--quiet"]) == 0
+    assert sweep(spec, out) == 0
     return out
 
 
 def meta(out: Path, point: str, seed: int) -> dict:
-    return runs.read_json(out / "runs" / point / f"seed-{seed}" / "meta.json")
+    return runs.read_json(run_of(out, point, seed) / "meta.json")
 
 
 def final(out: Path, point: str, seed: int, metric: str) -> float:
-    return runs.read_metrics(out / "runs" / point / f"seed-{seed}")[-1][metric]
+    return runs.read_metrics(run_of(out, point, seed))[-1][metric]
 
 
+@pytest.mark.slow
 def test_points_of_two_processes_are_trained_as_two_process_jobs(swept):
     for seed in (0, 1):
         assert meta(swept, "processes=1", seed)["status"] == "finished"
@@ -77,14 +72,16 @@ def test_points_of_two_processes_are_trained_as_two_process_jobs(swept):
             assert m["threads"] == 1  # one thread per process
 
 
+@pytest.mark.slow
 def test_a_rerun_trains_nothing(spec, swept, capsys):
     files = sorted(swept.glob("runs/*/*/metrics.jsonl"))
     before = [p.stat().st_mtime_ns for p in files]
-    assert main(["sweep", str(spec), "--out", str(swept), "--quiet"]) == 0
+    assert sweep(spec, swept) == 0
     assert "6 done, 0 to train" in capsys.readouterr().out
     assert [p.stat().st_mtime_ns for p in files] == before
 
 
+@pytest.mark.slow
 def test_the_contrasts_pair_the_seeds_and_give_the_differences_of_the_runs_own_figures(swept):
     with open(swept / "contrasts.csv") as f:
         rows = {(r["a"], r["b"], r["metric"]): r for r in csv.DictReader(f)}

@@ -46,6 +46,7 @@ def train_both(ours, theirs, num_dims, steps, sizes=(2, 3, 17, 64, 96)):
 
 # --- PyTorch's conventions: the same layer --------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num_dims", [2, 4])
 def test_moving_statistics_match_after_many_steps_of_varying_batch_size(num_dims):
     ours, theirs = bn_pair(num_dims, **PYTORCH_CONVENTIONS)
@@ -83,6 +84,7 @@ def test_scratch_momentum_m_is_nn_batchnorm_momentum_one_minus_m(scratch_momentu
     torch.testing.assert_close(ours.moving_var, theirs.running_var, **TIGHT)
 
 
+@pytest.mark.slow
 def test_lenets_take_identical_sgd_steps_and_agree_in_eval():
     torch.manual_seed(1)
     ours, theirs = lenet("scratch", **PYTORCH_CONVENTIONS).double(), lenet("torch").double()
@@ -114,6 +116,7 @@ def first_epoch_losses(net, data, batches, batch_size=256):
     return losses
 
 
+@pytest.mark.slow
 def test_first_epoch_loss_curve_and_test_accuracy_match_on_real_data(fashion_mnist):
     torch.manual_seed(0)
     ours, theirs = lenet("scratch", **PYTORCH_CONVENTIONS), lenet("torch")

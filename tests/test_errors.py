@@ -286,6 +286,7 @@ def bn_lenet(*args, **kwargs):
     (["run", "configs/scratch_bn.toml", "--set", "train.epochs=0"], 2,
      "error: train.epochs = 0 is out of range: it must be >= 1"),
 ])
+@pytest.mark.slow
 def test_as_a_process_one_message_and_no_traceback(args, code, fragment):
     proc = bn_lenet(*args)
     assert proc.returncode == code

@@ -23,7 +23,10 @@ from bn_lenet.anchors.benchmark_report import device_kind
 from bn_lenet.training.data import FashionMNIST
 from bn_lenet.errors import UserError
 from bn_lenet.network.model import lenet
-from bn_lenet.training.train import fit, make_optimizer, resolve_device, set_fp32_math, train_step
+from bn_lenet.training.device import resolve_device
+from bn_lenet.training.train import fit, make_optimizer, set_fp32_math, train_step
+
+from helpers import quiet  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
@@ -31,9 +34,6 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "scratch_bn.toml"
 TIMING = ("examples_per_sec", "seconds")
 
-
-def quiet(*_args, **_kwargs):
-    pass
 
 
 @pytest.fixture

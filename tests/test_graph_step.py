@@ -35,6 +35,7 @@ def assert_same_state(a: dict, b: dict):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=lambda m: f"{k}: {m}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm,precision", [("scratch", "fp32"), ("torch", "fp32"), ("scratch", "bf16")])
 def test_static_step_trains_exactly_as_the_eager_loop(small, monkeypatch, norm, precision):
     cfg = config.resolve(None, ["train.epochs=2", f"model.norm={norm}", f"train.precision={precision}",

@@ -75,6 +75,7 @@ def test_where_cuda_is_visible_the_tests_still_pass_on_the_cpu():
     assert r.returncode == 1 and "fake CUDA" in r.stdout, r.stdout[-3000:]
 
 
+@pytest.mark.slow
 def test_the_fake_cuda_shim_fails_any_real_use():
     code = "import torch; assert torch.cuda.is_available(); torch.zeros(1).to('cuda')"
     r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(FAKE_CUDA)},

@@ -9,38 +9,22 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 import torch
-from helpers import small_test_set
+from helpers import quiet
 from torch import nn
 
 from bn_lenet.network.model import from_config
-from bn_lenet.training import config, plots, runs
+from bn_lenet.training import config, runs
 from bn_lenet.training.data import to_float
 from bn_lenet.training.landscape import SCALES, layer_weights, measure
 from bn_lenet.training.train import make_optimizer
+
+pytestmark = pytest.mark.usefixtures("quick_runs")
 
 QUICK = ["train.epochs=2", "train.limit_batches=3", "train.batch_size=64", "train.threads=1", "train.device=cpu"]
 TIMING = ("examples_per_sec", "seconds")
 FIELDS = {"step", "epoch", "loss", "loss_min", "loss_max", "grad_norm", "step_norm", "grad_change",
           "beta_smoothness", "ics_l2", "ics_cos"}
 
-
-def quiet(*_args, **_kwargs):
-    pass
-
-
-@pytest.fixture(scope="module")
-def small_data(fashion_mnist):
-    return small_test_set(fashion_mnist, 500)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def no_figures_and_threads_restored():
-    threads = torch.get_num_threads()
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(plots, "curves", quiet)
-        m.setattr(plots, "bn_params", quiet)
-        yield
-    torch.set_num_threads(threads)
 
 
 # --- the figures, by hand ---------------------------------------------------------------------------------------
@@ -120,6 +104,7 @@ def test_layers_are_lenets_blocks_each_with_its_conv_or_linear_weight():
     assert got[0][2] == ["conv1.conv.weight", "conv1.conv.bias", "conv1.bn.gamma", "conv1.bn.beta"]
 
 
+@pytest.mark.slow
 def test_measuring_leaves_the_model_its_statistics_gradients_and_the_rng_as_they_were(small_data):
     torch.manual_seed(0)
     net = from_config(config.resolve(None, ["model.dropout=0.5"]))

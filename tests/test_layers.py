@@ -1,4 +1,4 @@
-"""The package reads in layers (DESIGN.md "Layout", README "Reading the code"): a module imports only modules of
+"""The package reads in layers (README "Reading the code"): a module imports only modules of
 its own layer or a lower one, and no two modules import each other, directly or around a loop. Imports are read
 from the source (ast), at the top of a module and inside functions alike: a lazy import is an import.
 

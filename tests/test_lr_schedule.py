@@ -27,6 +27,7 @@ def test_step_divides_by_ten_after_half_and_after_three_quarters_of_the_epochs()
         [1, 1, 1, 1, 0.1, 0.1, 0.01, 0.01])
 
 
+@pytest.mark.slow
 def test_fit_trains_each_epoch_with_the_scheduled_lr(fashion_mnist):
     cfg = config.resolve(None, ["train.lr_schedule=cosine", "train.epochs=3", "train.limit_batches=2",
                                 "train.device=cpu"])

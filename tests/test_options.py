@@ -1,4 +1,4 @@
-"""The model and BN options (issue 10), each checked from first principles: parameter counts, the order of
+"""The model and BN options, each checked from first principles: parameter counts, the order of
 layers, outputs against PyTorch's functional forms and hand-written formulas, moving statistics after one
 step against the formula, fixed gamma/beta after SGD steps, ghost groups, and that the default is untouched.
 """
@@ -63,6 +63,7 @@ def main_lenet(norm):
     return net
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm", ["scratch", "torch", "none"])
 def test_default_configs_train_bitwise_as_main_built_the_network(norm, fashion_mnist):
     cfg = config.resolve(None, [f"model.norm={norm}", "train.epochs=1", "train.limit_batches=6",

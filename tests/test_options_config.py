@@ -158,6 +158,7 @@ def test_the_cli_refuses_with_one_error_line_exit_2_and_writes_nothing(overrides
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_as_a_real_process_a_refusal_is_one_line_and_exit_2(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "bn_lenet", "run", CONFIG, "--set", "model.norm=torch",

@@ -6,37 +6,20 @@ import json
 import math
 
 import pytest
-from helpers import small_test_set
+from helpers import quiet
 import torch
 
-from bn_lenet.training import config, plots, runs
+from bn_lenet.training import config, runs
 from bn_lenet.cli import main
-from bn_lenet.training.data import FashionMNIST, epoch_order, to_float
+from bn_lenet.training.data import epoch_order, to_float
 from bn_lenet.network.model import bn_layers, from_config, moving_stats
 from bn_lenet.training.train import batch_stats_test_acc, fit, make_optimizer, reestimate_bn
 
+pytestmark = pytest.mark.usefixtures("quick_runs")
+
 QUICK = ["train.epochs=3", "train.limit_batches=3", "train.batch_size=64", "train.threads=1"]
-TEST_IMAGES = 500
 TIMING = ("examples_per_sec", "seconds")
 
-
-def quiet(*_args, **_kwargs):
-    pass
-
-
-@pytest.fixture(scope="module")
-def small_data(fashion_mnist):
-    return small_test_set(fashion_mnist, TEST_IMAGES)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def no_figures_and_threads_restored():
-    threads = torch.get_num_threads()
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(plots, "curves", quiet)
-        m.setattr(plots, "bn_params", quiet)
-        yield
-    torch.set_num_threads(threads)
 
 
 def run(tmp_path, data, *overrides, name="run"):

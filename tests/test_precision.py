@@ -55,6 +55,7 @@ def test_on_cpu_nothing_is_touched(flags):
             assert tf32_flags() == before
 
 
+@pytest.mark.slow
 def test_fit_sets_it_from_train_precision_for_the_datas_device(small, monkeypatch):
     calls = []
     monkeypatch.setattr(train, "set_fp32_math", lambda precision, device: calls.append((precision, device)))
@@ -63,6 +64,7 @@ def test_fit_sets_it_from_train_precision_for_the_datas_device(small, monkeypatc
     assert calls == [("tf32", CPU)]
 
 
+@pytest.mark.slow
 def test_tf32_trains_bitwise_as_fp32_on_cpu(small):
     """The CPU has no TF32: the option must not change a CPU run's numbers."""
     histories, states = [], []

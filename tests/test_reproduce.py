@@ -11,6 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # each test trains the reproduction's two runs in child processes
+
 ROOT = Path(__file__).resolve().parents[1]
 CPU = ["--set", "train.device=cpu"]
 SHORT = [*CPU, "--set", "train.limit_batches=2", "--set", "train.epochs=1"]

@@ -20,10 +20,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from bn_lenet.training import config, plots, runs
+from bn_lenet.training import config, runs
 from bn_lenet.cli import main
-from bn_lenet.training.data import FashionMNIST
-from helpers import child_script, small_test_set  # noqa: E402
+from bn_lenet.training.files import write_json
+from helpers import TEST_IMAGES, child_script, quiet  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("quick_runs")
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "scratch_bn.toml"
@@ -31,15 +33,11 @@ CONFIG = ROOT / "configs" / "scratch_bn.toml"
 # the results are compared bit for bit, which a GPU does not promise (cuDNN's backward may sum in any order;
 # tests/test_gpu.py compares resumed GPU runs within a tolerance), and the divergence cases were tuned here.
 QUICK = ["train.epochs=3", "train.limit_batches=3", "train.batch_size=64", "train.threads=1", "train.device=cpu"]
-TEST_IMAGES = 500
 TIMING = ("examples_per_sec", "seconds")  # wall-clock fields: the only ones allowed to differ
 
 # A child process runs the CLI's main() on the same smaller test set.
 CHILD = child_script(TEST_IMAGES)
 
-
-def quiet(*_args, **_kwargs):
-    pass
 
 
 def quick_config(norm="scratch", *extra):
@@ -63,21 +61,6 @@ def assert_identical(run_dir: Path, reference: Path):
     assert weights.keys() == ref_weights.keys()
     assert all(torch.equal(weights[k], ref_weights[k]) for k in weights), "weights or BN statistics differ"
     assert bn == ref_bn
-
-
-@pytest.fixture(scope="module")
-def small_data(fashion_mnist):
-    return small_test_set(fashion_mnist, TEST_IMAGES)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def no_figures_and_threads_restored():
-    threads = torch.get_num_threads()  # train.threads=1 sets it for the whole process
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(plots, "curves", quiet)
-        m.setattr(plots, "bn_params", quiet)
-        yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -185,6 +168,7 @@ def watch(proc, run_dir: Path, kill_when_stopped=False):
     return proc.returncode, err, checks
 
 
+@pytest.mark.slow
 def test_a_run_killed_at_any_moment_resumes_to_the_same_result(straight, tmp_path):
     run = tmp_path / "run"
     new, again = [str(CONFIG), "--out", str(run)] + [a for s in QUICK for a in ("--set", s)], ["--resume", str(run)]
@@ -270,7 +254,7 @@ def test_a_damaged_checkpoint_or_changed_config_is_refused(straight, tmp_path, c
     for name in ("config.toml", "checkpoint.pt", "meta.json"):
         (run / name).write_bytes((straight("scratch") / name).read_bytes())
     meta = runs.read_json(run / "meta.json")
-    runs.write_json(run / "meta.json", dict(meta, status="interrupted"))
+    write_json(run / "meta.json", dict(meta, status="interrupted"))
     (run / "config.toml").write_text((run / "config.toml").read_text().replace("lr = 1.0", "lr = 0.5"))
     assert main(["run", "--resume", str(run)]) == 2
     assert "differs from the config saved in" in capsys.readouterr().err

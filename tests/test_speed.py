@@ -68,6 +68,7 @@ def plain_epoch(model, data, cfg):
     return loss_sum / n, correct / n, test_acc
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm,compile", [("scratch", False), ("torch", False), ("scratch", True)])
 def test_fast_path_and_plain_loop_agree_on_epoch_1(small, monkeypatch, norm, compile):
     cfg = config.resolve(None, ["train.epochs=1", f"model.norm={norm}", f"train.compile={str(compile).lower()}"])
@@ -135,6 +136,7 @@ def test_a_cpu_training_step_no_longer_page_faults_for_its_memory():
     assert statistics.median(faults) < 50, faults
 
 
+@pytest.mark.slow
 def test_benchmark_quick_mode_writes_a_table_and_both_files(tmp_path):
     # Run from tmp_path: the tutorial's torchvision reader prepares ./data there, not in the checkout.
     # One OpenMP thread: two on a busy 2-core runner crawl. On the CPU: its files and loops are checked (the
@@ -200,6 +202,7 @@ def test_the_profile_ranks_ops_by_gpu_time_on_cuda_and_by_cpu_time_on_cpu():
     assert top_ops(real, "self_cpu_time_total", 1, 3) and top_ops(real, "self_device_time_total", 1, 3) == []
 
 
+@pytest.mark.slow
 def test_the_malloc_setting_is_made_where_a_process_starts_not_by_the_library(monkeypatch, tmp_path, fashion_mnist):
     from bn_lenet import api, cli
     from bn_lenet.training import process

@@ -1,5 +1,5 @@
-"""The keys of issue 21 (Studies III): model.dropout, model.init, model.init_scale, train.weight_decay,
-eval.precise_bn_epochs, log.eval_every (curve.jsonl). log.landscape is in tests/test_landscape.py.
+"""The keys the dropout, init and regularization studies need: model.dropout, model.init, model.init_scale,
+train.weight_decay, eval.precise_bn_epochs, log.eval_every (curve.jsonl). log.landscape is in tests/test_landscape.py.
 
 Each bad value or useless combination is one ConfigError line; at their defaults the keys change nothing (the
 same network, optimizer and numbers as without them); each does what it says, checked by hand."""
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import small_test_set
+from helpers import quiet
 from torch import nn
 
 from bn_lenet.cli import main
@@ -20,6 +20,8 @@ from bn_lenet.training import config, plots, runs
 from bn_lenet.training.curve import eval_steps
 from bn_lenet.training.train import batch_stats_test_acc, make_optimizer, reestimate_bn
 
+pytestmark = pytest.mark.usefixtures("threads_restored")
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "scratch_bn.toml")
 QUICK = ["train.epochs=2", "train.limit_batches=4", "train.batch_size=64", "train.threads=1", "train.device=cpu"]
@@ -27,21 +29,6 @@ TIMING = ("examples_per_sec", "seconds")
 DEFAULTS = ["model.dropout=0", 'model.init="xavier"', "model.init_scale=1", "train.weight_decay=0",
             'eval.precise_bn_epochs="all"', "log.eval_every=0", "log.landscape=false", "log.landscape_every=50"]
 
-
-def quiet(*_args, **_kwargs):
-    pass
-
-
-@pytest.fixture(scope="module")
-def small_data(fashion_mnist):
-    return small_test_set(fashion_mnist, 500)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def threads_restored():
-    threads = torch.get_num_threads()  # train.threads=1 sets it for the whole process
-    yield
-    torch.set_num_threads(threads)
 
 
 def run(tmp_path, data, *overrides, name="run", figures=False):

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from bn_lenet.training import runs
+from bn_lenet.training.files import read_json, write_json
 from bn_lenet.sweeps import executor, stats
 from bn_lenet.cli import main
 from bn_lenet.training.data import FashionMNIST
@@ -43,6 +44,7 @@ def tiny(fashion_mnist, tmp_path_factory):
     return out, data
 
 
+@pytest.mark.slow
 def test_every_run_is_a_run_directory_with_precise_bn_only_with_bn(tiny):
     out, _ = tiny
     for variant in VARIANTS:
@@ -52,6 +54,7 @@ def test_every_run_is_a_run_directory_with_precise_bn_only_with_bn(tiny):
             assert all(("test_acc_precise" in r) == (variant != "none") for r in rows)
 
 
+@pytest.mark.slow
 def test_a_finished_run_is_reused_not_trained_again(tiny, capsys):
     out, _ = tiny
     before = run_dir(out, "scratch", 0).joinpath("metrics.jsonl").stat().st_mtime_ns
@@ -60,12 +63,14 @@ def test_a_finished_run_is_reused_not_trained_again(tiny, capsys):
     assert run_dir(out, "scratch", 0).joinpath("metrics.jsonl").stat().st_mtime_ns == before
 
 
+@pytest.mark.slow
 def test_a_run_with_another_config_is_refused(tiny, capsys):
     out, _ = tiny
     assert main(["compare", "--out", str(out), *ARGS, "--set", "train.lr=0.5"]) == 2
     assert "holds a run with another config" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_same_seed_scratch_and_torch_start_alike(tiny):
     root, _ = tiny
     a = runs.read_metrics(run_dir(root, "scratch", 1))
@@ -73,6 +78,7 @@ def test_same_seed_scratch_and_torch_start_alike(tiny):
     assert a[0]["loss"] == pytest.approx(b[0]["loss"], abs=1e-4)  # same weights, same batches
 
 
+@pytest.mark.slow
 def test_compare_report_only_writes_every_section_and_figure_from_the_run_files(tiny):
     out, _ = tiny
     kept = ("config.toml", "metrics.jsonl", "bn_history.json", "bn_params.json", "meta.json")
@@ -95,6 +101,7 @@ def test_compare_report_only_writes_every_section_and_figure_from_the_run_files(
     assert "d2l-zh v2.0.0 = Dive into Deep Learning" in text  # the published figures' source, in full
 
 
+@pytest.mark.slow
 def test_a_diverged_run_is_reported_and_left_out_of_the_averages(tiny, tmp_path):
     root, _ = tiny
     out = tmp_path / "out"
@@ -141,6 +148,7 @@ def test_compare_is_the_sweep_of_configs_sweeps_compare_toml():
     assert os.path.exists(ROOT / "experiments" / "compare.py")
 
 
+@pytest.mark.slow
 def test_inspect_one_run_shows_its_figures_and_gamma_beta_over_epochs(tiny, capsys):
     root, _ = tiny
     assert main(["inspect", str(run_dir(root, "scratch", 0))]) == 0
@@ -150,6 +158,7 @@ def test_inspect_one_run_shows_its_figures_and_gamma_beta_over_epochs(tiny, caps
     assert sum(line.startswith(("conv1.bn   gamma", "fc2.bn     beta")) for line in text.splitlines()) == 4
 
 
+@pytest.mark.slow
 def test_inspect_two_runs_side_by_side(tiny, capsys):
     root, _ = tiny
     a, b = run_dir(root, "scratch", 0), run_dir(root, "torch", 1)
@@ -159,12 +168,14 @@ def test_inspect_two_runs_side_by_side(tiny, capsys):
     assert "conv1.bn   gamma [1]" in text and any(line.strip().startswith("[2]") for line in text.splitlines())
 
 
+@pytest.mark.slow
 def test_inspect_a_run_without_bn(tiny, capsys):
     root, _ = tiny
     assert main(["inspect", str(run_dir(root, "none", 0))]) == 0
     assert "no BN layers" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_is_resumed_and_an_empty_one_restarted(tiny, tmp_path, monkeypatch):
     _, data = tiny
     monkeypatch.setitem(executor._DATA, None, data)  # what a worker loads once, here the slice
@@ -186,7 +197,7 @@ def test_an_interrupted_run_is_resumed_and_an_empty_one_restarted(tiny, tmp_path
     assert executor.run_state(run["dir"], run["cfg"]) == "done"
     # Stopped before its first epoch ended: no checkpoint, so it starts again from nothing.
     (run["dir"] / "checkpoint.pt").unlink()
-    runs.write_json(run["dir"] / "meta.json", dict(runs.read_json(run["dir"] / "meta.json"), status="running"))
+    write_json(run["dir"] / "meta.json", dict(read_json(run["dir"] / "meta.json"), status="running"))
     assert executor.run_state(run["dir"], run["cfg"]) == "restart"
     assert executor.execute(task, log=lambda _: None)["status"] == "finished"
     assert "resumed" not in runs.read_json(run["dir"] / "meta.json")

@@ -20,6 +20,7 @@ import pytest
 from bn_lenet.training import runs
 from bn_lenet.cli import main
 from bn_lenet.sweeps.spec import point_ids, split_values
+import helpers
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "scratch_bn.toml"
@@ -36,13 +37,14 @@ model.norm = "scratch"
 model.norm = "scratch"
 train.lr = 1e38
 """
+SPEC_FILE = "tiny.toml"
 POINTS = ["norm=scratch", "norm=scratch,lr=1e+38"]
 RUN_DIRS = [f"{p}/seed-{s}" for p in POINTS for s in (0, 1)]
 FILES = {"config.toml", "metrics.jsonl", "metrics.csv", "meta.json", "bn_params.json", "bn_history.json"}
 
 
 def sweep(spec, out, *extra):
-    return main(["sweep", str(spec), "--out", str(out), "--jobs", "2", "--quiet", *extra])
+    return helpers.sweep(spec, out, "--jobs", "2", *extra)
 
 
 def results(out: Path) -> dict:
@@ -56,19 +58,13 @@ def results(out: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def spec(tmp_path_factory):
-    path = tmp_path_factory.mktemp("spec") / "tiny.toml"
-    path.write_text(SPEC)
-    return path
-
-
-@pytest.fixture(scope="module")
 def straight(spec, tmp_path_factory):
     out = tmp_path_factory.mktemp("straight") / "out"
     assert sweep(spec, out) == 0
     return out
 
 
+@pytest.mark.slow
 def test_every_point_and_seed_is_an_ordinary_run_directory_and_divergence_is_a_result(straight):
     assert sorted(str(p.relative_to(straight / "runs")) for p in (straight / "runs").glob("*/*")) == sorted(RUN_DIRS)
     found = results(straight)
@@ -85,6 +81,7 @@ def test_every_point_and_seed_is_an_ordinary_run_directory_and_divergence_is_a_r
     assert meta["threads"] == max(1, len(os.sched_getaffinity(0)) // 2)  # cores // jobs, not in the config
 
 
+@pytest.mark.slow
 def test_summary_csv_has_one_row_per_point_with_the_spread_over_seeds(straight):
     with open(straight / "summary.csv") as f:
         rows = list(csv.DictReader(f))
@@ -106,6 +103,7 @@ def test_summary_csv_has_one_row_per_point_with_the_spread_over_seeds(straight):
     assert (wild["finished"], wild["diverged"], wild["test_acc_mean"]) == ("0", "2", "")
 
 
+@pytest.mark.slow
 def test_report_md_answers_with_numbers_then_table_figures_and_how_to_reproduce(straight):
     text = (straight / "report.md").read_text()
     for part in ("a test sweep", "## Answer", "lr=1e+38 (2 of 2 runs diverged) vs norm=scratch", "no finished run",
@@ -118,6 +116,7 @@ def test_report_md_answers_with_numbers_then_table_figures_and_how_to_reproduce(
     assert sweep_json["runs"][0]["overrides"][-2:] == ['model.norm="scratch"', "train.seed=0"]
 
 
+@pytest.mark.slow
 def test_a_rerun_trains_nothing(straight, spec, capsys):
     before = {p: p.stat().st_mtime_ns for p in (straight / "runs").rglob("*")}
     started = time.perf_counter()
@@ -127,6 +126,7 @@ def test_a_rerun_trains_nothing(straight, spec, capsys):
     assert time.perf_counter() - started < 30
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_run_is_replaced_and_its_run_resumes(spec, straight, tmp_path, monkeypatch, capsys):
     # Each worker stops itself (SIGSTOP) right after a run's first epoch is saved; the first one stopped
     # is SIGKILLed, the others continued.
@@ -154,6 +154,7 @@ def test_a_worker_killed_mid_run_is_replaced_and_its_run_resumes(spec, straight,
     assert sorted("resumed" in m for m in metas) == [False, True]
 
 
+@pytest.mark.slow
 def test_a_sweep_killed_as_a_whole_continues_where_it_stopped(spec, straight, tmp_path):
     # Both workers stop themselves once their first run's epoch 1 is saved. Then: SIGKILL the parent and
     # one worker (its run is mid-way: epoch 1 of 2); the other worker, continued, must exit on its own.
@@ -182,6 +183,7 @@ def test_a_sweep_killed_as_a_whole_continues_where_it_stopped(spec, straight, tm
     assert all("resumed" in runs.read_json(out / "runs" / d / "meta.json") for d in stopped)
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_every_run_at_its_next_batch_and_exits_130(spec, tmp_path):
     # Ctrl-C reaches the whole process group: here while both workers are stopped after epoch 1 of 2.
     out = tmp_path / "out"
@@ -234,6 +236,7 @@ def alive(pid: int) -> bool:
     return state(pid) not in ("", "Z")
 
 
+@pytest.mark.slow
 def test_ray_runs_the_same_sweep_on_a_local_instance_and_retries_a_killed_worker(spec, straight, tmp_path,
                                                                                   monkeypatch):
     pytest.importorskip("ray", reason="the ray extra: pip install 'bn-lenet[ray]'")
@@ -244,6 +247,7 @@ def test_ray_runs_the_same_sweep_on_a_local_instance_and_retries_a_killed_worker
     assert sweep_json["provenance"]["invocations"][0]["executor"] == "ray"
 
 
+@pytest.mark.slow
 def test_plain_run_directories_in_the_sweep_layout_are_adopted(tmp_path, capsys):
     out = tmp_path / "sweep"
     quick = ["--set", "train.epochs=1", "--set", "train.limit_batches=2"]
@@ -328,6 +332,7 @@ def test_without_ray_installed_the_error_names_the_extra(tmp_path, capsys, monke
     assert "pip install 'bn-lenet[ray]'" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_a_changed_spec_is_refused_and_the_sweep_left_as_it_was(straight, spec, tmp_path, capsys):
     before = {p: p.stat().st_mtime_ns for p in straight.rglob("*")}
     changed = tmp_path / "changed.toml"
@@ -341,6 +346,7 @@ def test_a_changed_spec_is_refused_and_the_sweep_left_as_it_was(straight, spec, 
     assert {p: p.stat().st_mtime_ns for p in straight.rglob("*")} == before
 
 
+@pytest.mark.slow
 def test_points_may_grow(straight, tmp_path, capsys):
     grown = tmp_path / "grown.toml"
     grown.write_text(SPEC + '[[points]]\nmodel.norm = "torch"\n')

@@ -21,14 +21,14 @@ from tensorboard.backend.event_processing.plugin_event_multiplexer import EventM
 from tensorboard.plugins.hparams import metadata as hp_metadata  # noqa: E402
 from tensorboard.util import tensor_util  # noqa: E402
 
-from bn_lenet.training import config, plots, runs, tb_log  # noqa: E402
-from bn_lenet.training.data import FashionMNIST  # noqa: E402
-from helpers import child_script, small_test_set  # noqa: E402
+from bn_lenet.training import config, runs, tb_log  # noqa: E402
+from helpers import TEST_IMAGES, child_script  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("quick_runs")
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "scratch_bn.toml"
 QUICK = ["train.limit_batches=3", "train.batch_size=64", "train.threads=1", "log.tensorboard=true"]
-TEST_IMAGES = 500
 # The tutorial's LeNet: a BN layer after each conv and each hidden linear layer, with this many channels.
 BN_CHANNELS = {"conv1.bn": 6, "conv2.bn": 16, "fc1.bn": 120, "fc2.bn": 84}
 BN_TENSORS = ("gamma", "beta", "moving_mean", "moving_var")
@@ -44,21 +44,6 @@ def read(tb_dir) -> EventAccumulator:
 
 def steps(ea, tag, kind="Scalars"):
     return [e.step for e in getattr(ea, kind)(tag)]
-
-
-@pytest.fixture(scope="module")
-def small_data(fashion_mnist):
-    return small_test_set(fashion_mnist, TEST_IMAGES)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def no_figures_and_threads_restored():
-    threads = torch.get_num_threads()
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(plots, "curves", lambda *a, **k: None)
-        m.setattr(plots, "bn_params", lambda *a, **k: None)
-        yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("norm", ["scratch", "torch"])
@@ -114,6 +99,7 @@ def child(args, test_signal=None):
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_a_resumed_run_continues_the_same_curves_without_duplicate_steps(tmp_path):
     run = tmp_path / "run"
     new = [str(CONFIG), "--out", str(run)] + [a for s in QUICK + ["train.epochs=3"] for a in ("--set", s)]
@@ -143,6 +129,7 @@ def test_a_resumed_run_continues_the_same_curves_without_duplicate_steps(tmp_pat
     assert written == [1, 2, 2, 3]
 
 
+@pytest.mark.slow
 def test_log_tensorboard_without_tensorboard_installed_is_refused_before_training(tmp_path):
     # The child sees no tensorboard package (as after `pip install bn-lenet` without the extra).
     no_tb = "import sys; sys.modules['tensorboard'] = None\n" + CHILD
@@ -234,6 +221,7 @@ def test_a_checkpoint_from_before_the_log_section_still_resumes(tmp_path):
         runs.checkpoint_of(tmp_path, cfg)
 
 
+@pytest.mark.slow
 def test_a_sweep_with_log_tensorboard_shows_each_run_and_its_hparams_in_tensorboard(tmp_path):
     """A real sweep (2 points x 1 seed, 1 epoch of 2 batches): each run logs its curves under its readable
     run directory, and the sweep's HParams summary lists the swept key and the seed."""
