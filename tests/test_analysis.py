@@ -2,6 +2,7 @@
 becomes rows of contrasts.csv with the rule's numbers and verdicts; bad declarations are one error line."""
 
 import csv
+import shutil
 from pathlib import Path
 
 import pytest
@@ -170,6 +171,15 @@ def test_the_sentences_carry_the_numbers_and_the_verdict(tmp_path):
     assert "no finished run" in sentences.contrast_sentence(sweep, diverged)
 
 
+@pytest.fixture(scope="module")
+def reported(tmp_path_factory):
+    """The NORM_LR sweep faked and reported once (drawing its figures is the slow part); each bad table below
+    starts from a copy of its folder."""
+    folder = tmp_path_factory.mktemp("reported")
+    assert report(*fake_sweep(folder, NORM_LR, norm_lr)) == 0
+    return folder
+
+
 @pytest.mark.parametrize("report_table, message", [
     ('[report]\nfoo = 1', "[report] has unknown key 'foo'"),
     ('[report]\nk = 0', "[report] k = 0 is out of range"),
@@ -181,9 +191,9 @@ def test_the_sentences_carry_the_numbers_and_the_verdict(tmp_path):
      "metric 'top5' is recorded by no run"),
     ('[[report.limit]]\nkey = "train.lr"\nbogus = 1', "[[report.limit]] 1: unknown key 'bogus'"),
 ])
-def test_a_bad_report_table_is_one_error_line_and_rewrites_nothing(tmp_path, capsys, report_table, message):
-    spec_file, out = fake_sweep(tmp_path, NORM_LR, norm_lr)
-    assert report(spec_file, out) == 0
+def test_a_bad_report_table_is_one_error_line_and_rewrites_nothing(reported, tmp_path, capsys, report_table, message):
+    shutil.copytree(reported, tmp_path, dirs_exist_ok=True)
+    spec_file, out = tmp_path / "spec.toml", tmp_path / "out"  # as fake_sweep names them
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     spec_file.write_text(NORM_LR + report_table + "\n")
     capsys.readouterr()

@@ -26,6 +26,7 @@ def readme_example() -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
+@pytest.mark.slow
 def test_import_bn_lenet_is_light_and_gives_the_public_names():
     code = ("import sys, bn_lenet; light = 'torch' not in sys.modules; "
             "print(light, sorted(n for n in bn_lenet.__all__ if getattr(bn_lenet, n, None) is None))")

@@ -196,6 +196,7 @@ def random_images(n):
     return torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(4))
 
 
+@pytest.mark.slow
 def test_precise_bn_equals_torch_update_bn_for_both_kinds():
     """update_bn (a cumulative average over batches, unbiased variance) is the reference for nn.BatchNorm;
     our scratch layer with unbiased=True must land on the same statistics."""

@@ -65,6 +65,7 @@ def test_static_step_trains_exactly_as_the_eager_loop(small, monkeypatch, norm, 
         assert_same_state(state_of(model), state_of(eager))
 
 
+@pytest.mark.slow
 def test_warm_up_is_undone_in_place_weights_buffers_and_optimizer_state(small):
     model = lenet("torch")  # nn.BatchNorm: moving statistics and num_batches_tracked
     model.train()
@@ -93,6 +94,7 @@ def test_warm_up_is_undone_in_place_weights_buffers_and_optimizer_state(small):
     assert {k: v.data_ptr() for k, v in model.state_dict().items()} == addresses  # a graph keeps addresses
 
 
+@pytest.mark.slow
 def test_optimizer_state_created_by_the_warm_up_is_refused(small):
     model = lenet("scratch")
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)  # no momentum buffers yet

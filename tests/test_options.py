@@ -239,6 +239,7 @@ def test_every_norm_layer_is_in_bn_params_with_a_clear_name():
 
 # --- fixed gamma / beta ---------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm", ["scratch", "torch", "layer", "group"])
 def test_fixed_gamma_and_beta_stay_exactly_one_and_zero_after_sgd_steps(norm):
     net = build(f"model.norm={norm}", "bn.scale=false", "bn.center=false")

@@ -119,6 +119,7 @@ def test_scratch_bn_keeps_fp32_statistics_under_bf16_autocast():
     torch.testing.assert_close(bn.moving_var, 0.9 + 0.1 * var, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_cpu_training_step_no_longer_page_faults_for_its_memory():
     assert keep_freed_memory()  # glibc: the CI image is Debian
     model, x, y = lenet("scratch"), torch.rand(256, 1, 28, 28), torch.randint(0, 10, (256,))

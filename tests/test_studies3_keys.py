@@ -280,6 +280,7 @@ def test_init_torch_keeps_what_the_layers_drew_and_kaiming_is_he_normal():
 
 # --- eval.precise_bn_epochs -------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_precise_bn_only_after_the_last_epoch_end_to_end(tmp_path, small_data, capsys):
     every = run(tmp_path, small_data, "eval.precise_bn=true", "eval.precise_bn_batches=4", name="every")
     last = run(tmp_path, small_data, "eval.precise_bn=true", "eval.precise_bn_batches=4",
