@@ -215,6 +215,7 @@ def test_precise_bn_equals_torch_update_bn_for_both_kinds():
         assert net.training  # mode restored
 
 
+@pytest.mark.slow
 def test_precise_bn_keeps_the_biased_convention_of_the_tutorial_layer():
     ours, theirs = trained_pair()  # tutorial defaults: biased variance
     images = random_images(512)    # two equal batches of 256
@@ -228,6 +229,7 @@ def test_precise_bn_keeps_the_biased_convention_of_the_tutorial_layer():
         torch.testing.assert_close(var_ours, var_theirs * (n - 1) / n, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_precise_test_acc_leaves_the_model_as_it_was(fashion_mnist):
     ours, _ = trained_pair()
     before = {k: v.clone() for k, v in ours.state_dict().items()}

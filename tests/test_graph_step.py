@@ -154,6 +154,7 @@ def test_capture_runs_on_the_runs_own_gpu_whatever_the_current_one():
     assert isinstance(graph_step.capture_context(torch.device("cpu")), contextlib.nullcontext)
 
 
+@pytest.mark.slow
 def test_warm_up_and_capture_run_inside_the_context_of_the_datas_device(small, monkeypatch):
     events = []
 

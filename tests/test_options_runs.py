@@ -35,6 +35,7 @@ def without_timing(rows):
 
 # --- eval.batch_stats ------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_batch_stats_accuracy_is_each_test_batch_normalized_by_itself_and_leaves_the_model_untouched(small_data):
     torch.manual_seed(0)
     model = from_config(config.resolve(None, []))
