@@ -128,7 +128,7 @@ def report(r: dict) -> str:
         f"{', ' + str(r['limit_batches']) + ' batches' if r['limit_batches'] else ''}; wall time of the whole "
         f"command(s), best of {len(r['wall_seconds']['sequential'])} round(s).", "",
         "| how | wall s (best) | vs sequential | every round |", "|---|---|---|---|", *rows, "",
-        f"- sequential: the 12 `bn-lenet run` commands one after another, torch's default threads each",
+        "- sequential: the 12 `bn-lenet run` commands one after another, torch's default threads each",
         f"- local: `bn-lenet sweep` with {r['local_jobs']} worker process(es) x {r['local_threads_per_run']} thread(s)",
         "- ray: `bn-lenet sweep --executor ray`, a local Ray instance started by the command (its start included)"
         if r["ray_over_local"] else "- ray: not run",

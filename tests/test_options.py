@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bn_lenet.training import config
-from bn_lenet.network.batchnorm import BatchNorm, batch_norm
+from bn_lenet.network.batchnorm import batch_norm
 from bn_lenet.network.model import bn_params, count_parameters, from_config, init_weights, lenet
 from bn_lenet.network.pool import AvgPool2x2
 from bn_lenet.training.train import fit, make_optimizer, train_step
@@ -307,7 +307,6 @@ def test_ghost_groups_are_each_normalized_with_their_own_statistics(preset, laye
     # Moving statistics: what 3 ranks, each a normal BN step on its own group, hold after averaging theirs.
     ranks = []
     for part in groups:
-        n = part.numel() // part.shape[1]
         mean, var = part.mean(dims_of(part)), part.var(dims_of(part), correction=1 if unbiased else 0)
         ranks.append((0.9 * 0 + 0.1 * mean, 0.9 * 1 + 0.1 * var))
     torch.testing.assert_close(bn.moving_mean, sum(r[0] for r in ranks) / 3, rtol=1e-12, atol=1e-12)
