@@ -158,9 +158,9 @@ def write_metrics(run_dir: Path, rows: list) -> None:
 METRIC_KEYS = ("epoch", "loss", "train_acc", "test_acc", "examples_per_sec", "seconds")  # every row has these
 
 
-def read_steps(path: Path) -> list:
-    """A per-step record's rows (curve.jsonl, landscape.jsonl; [] if there is none); a line that is not a row
-    with its step raises CorruptFile."""
+def read_rows(path: Path, keys, what: str) -> list:
+    """A .jsonl file's rows ([] if there is none); a line that is not JSON, or lacks a number for one of
+    ``keys``, raises CorruptFile naming the line and saying it is not ``what``."""
     path = Path(path)
     if not path.exists():
         return []
@@ -172,27 +172,18 @@ def read_steps(path: Path) -> list:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise _damaged(path, f"line {n} is not valid JSON ({e.msg}, column {e.colno})") from None
-        if not isinstance(row, dict) or not _number(row.get("step")):
-            raise _damaged(path, f"line {n} is not a step's row (no number 'step')")
+        missing = [k for k in keys if not isinstance(row, dict) or not _number(row.get(k))]
+        if missing:
+            raise _damaged(path, f"line {n} is not {what} (no number {missing[0]!r})")
         rows.append(row)
     return rows
+
+
+def read_steps(path: Path) -> list:
+    """A per-step record's rows (curve.jsonl, landscape.jsonl)."""
+    return read_rows(path, ("step",), "a step's row")
 
 
 def read_metrics(run_dir) -> list:
-    """metrics.jsonl's rows ([] if there is none); a line that is not an epoch's row raises CorruptFile."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    rows = []
-    for n, line in enumerate(_text(path).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise _damaged(path, f"line {n} is not valid JSON ({e.msg}, column {e.colno})") from None
-        missing = [k for k in METRIC_KEYS if not isinstance(row, dict) or not _number(row.get(k))]
-        if missing:
-            raise _damaged(path, f"line {n} is not an epoch's row (no number {missing[0]!r})")
-        rows.append(row)
-    return rows
+    """metrics.jsonl's rows."""
+    return read_rows(Path(run_dir) / "metrics.jsonl", METRIC_KEYS, "an epoch's row")
