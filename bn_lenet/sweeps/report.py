@@ -124,7 +124,7 @@ def shown_metrics(sweep: dict) -> list:
     cols = []
     for m in sweep["lead"]:
         name, statistic = metric_statistic(sweep, m)
-        own = statistic not in ("final", "run") and not statistic.startswith(("reach", "landscape"))
+        own = statistic not in ("final", "run", "last1_mean") and not statistic.startswith(("reach", "landscape"))
         cols += [(name, statistic)] + ([(name, "final")] if own else [])
     if "loss" in sweep["metrics"]:
         cols.append(("loss", "final"))

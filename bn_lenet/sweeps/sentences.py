@@ -29,6 +29,8 @@ def metric_label(metric: str, statistic: str) -> str:
         return f"{name}, mean over the run's measurements"
     if statistic == "precise":
         return f"{name} with precise-BN statistics"
+    if statistic == "last1_mean":
+        return f"{name}, final"
     if statistic.endswith("_mean"):
         return f"{name}, mean of the last {statistic[4:-5]} epochs"
     if statistic.endswith("_swing"):
@@ -74,8 +76,10 @@ def short(metric: str, statistic: str) -> str:
 
 
 def point_label(sweep: dict, point_id: str, hide=()) -> str:
-    """A point by its swept values in words, leaving out the keys its group already names (hide)."""
+    """A point by its swept values in words, leaving out the keys its group already names (hide) and the keys
+    zipped with the first of a [zip] (its value names theirs: lr = batch / 256 is said once, in the setup)."""
     point = next(p for p in sweep["points"] if p["id"] == point_id)
+    hide = {*hide, *list(sweep["spec"].get("zip") or {})[1:]}
     parts = [value_label(sweep, k, v) for k, v in point["values"].items() if k not in hide]
     return ", ".join(parts) or point_id
 
