@@ -167,7 +167,8 @@ def along_steps(sweep: dict, source: str, layout: list, path, targets=None) -> b
                 ax.grid(True, alpha=0.3)
                 ax.tick_params(labelsize=7)
                 values = [v for line in ax.get_lines()[:len(points)] for v in line.get_ydata()]
-                if values and min(values) > 0 and _spans_decades(ax):
+                bounded = "cos" in metric or "acc" in metric  # a cosine or an accuracy: never a log axis
+                if values and min(values) > 0 and _spans_decades(ax) and not bounded:
                     ax.set_yscale("log")
         for j in range(len(metrics) * len(groups), ncols):
             axes[i][j].axis("off")

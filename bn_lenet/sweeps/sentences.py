@@ -66,6 +66,8 @@ def short(metric: str, statistic: str) -> str:
     name = metric_name(metric)
     if statistic.startswith("reach"):
         return f"steps to {name} {statistic[5:]}"
+    if statistic in ("last1_mean", "landscape_mean"):  # the plain figure of a one-epoch run; a landscape mean
+        return name
     if statistic.endswith("_swing"):
         return f"swing of {name}"
     if statistic == "precise":
