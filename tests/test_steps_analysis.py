@@ -55,9 +55,16 @@ def contrasts(out) -> list:
         return list(csv.DictReader(f))
 
 
-def test_steps_to_a_target_are_read_from_the_curve_with_their_ratio_and_no_default_margin(tmp_path):
-    spec_file, out = fake_sweep(tmp_path, NORMS, norms, curve)
+@pytest.fixture(scope="module")
+def reported(tmp_path_factory):
+    """One fake sweep with curves and landscapes, reported once for the tests that only read it."""
+    spec_file, out = fake_sweep(tmp_path_factory.mktemp("steps"), NORMS, norms, curve)
     assert main(["sweep", str(spec_file), "--out", str(out), "--report-only"]) == 0
+    return out
+
+
+def test_steps_to_a_target_are_read_from_the_curve_with_their_ratio_and_no_default_margin(reported):
+    out = reported
     rows = contrasts(out)
     acc = next(r for r in rows if r["a"] == "norm=none" and r["statistic"] == "reach0.75")
     # no BN: steps 100..140 (mean 120) read from its own test_acc; BN: step 10 every seed
@@ -73,9 +80,8 @@ def test_steps_to_a_target_are_read_from_the_curve_with_their_ratio_and_no_defau
     assert "the target is not reached (reached by 0/5+5/5 runs)" in text
 
 
-def test_landscape_means_per_layer_and_difference_metrics_are_compared_per_seed(tmp_path):
-    spec_file, out = fake_sweep(tmp_path, NORMS, norms, curve)
-    assert main(["sweep", str(spec_file), "--out", str(out), "--report-only"]) == 0
+def test_landscape_means_per_layer_and_difference_metrics_are_compared_per_seed(reported):
+    out = reported
     rows = {r["metric"]: r for r in contrasts(out) if r["a"] == "norm=scratch"}
     ics = rows["ics_l2.fc1"]  # BN: mean of 0.3 and 0.4 over the two measurements; no BN: 0.01
     assert ics["statistic"] == "landscape_mean" and float(ics["diff"]) == pytest.approx(0.35 - 0.01)
