@@ -13,7 +13,7 @@ from ..errors import UserError
 from ..training.files import read_json
 from . import rule
 from .report_spec import DEFAULT_MARGIN, check_against, matches
-from .stats import by_seed, describe, finished, steady, swing
+from .stats import among, by_seed, describe, finished, steady, swing
 
 NO_RUN = "no finished run"
 NOT_REACHED = "the target is not reached"  # steps to a target: a side none of whose runs got there
@@ -41,13 +41,12 @@ def check_recorded(sweep: dict, where: str) -> None:
     """Every metric the analysis names is recorded by some run; k is no longer than the runs."""
     report = sweep["spec"]["report"]
     recorded = set(sweep["metrics"]) | {"examples_per_sec"} | {f for names in sweep["steps"].values() for f in names}
-    named = [*report["lead"], *(m for c in report["contrast"] for m in [*c.get("metrics", []), c.get("versus", "")] if m),
-             *(i["metric"] for kind in ("limit", "ranking") for i in report[kind] if "metric" in i)]
+    named = named_metrics(report)
     done = [r for r in finished(sweep["runs"])]
     if not done:
         return  # nothing to check against yet: every figure says "no finished run"
     for metric in named:
-        if any(part not in recorded for part in metric.partition(":")[0].split("-")):
+        if not among(metric.partition(":")[0], recorded):
             raise UserError(f"{where}: [report] metric {metric.partition(':')[0]!r} is recorded by no run of this "
                             f"sweep (they record {', '.join(sorted(recorded))})")
     shortest = min(len(r["rows"]) for r in done)
@@ -58,13 +57,20 @@ def check_recorded(sweep: dict, where: str) -> None:
                         f"{shortest} epoch(s)")
 
 
+def named_metrics(report: dict) -> list:
+    """Every METRIC[:STATISTIC] a [report] names: its lead, its contrasts' metrics and versus, its limits' and
+    rankings' metric."""
+    return [*report["lead"], *(m for c in report["contrast"] for m in [*c.get("metrics", []), c.get("versus", "")] if m),
+            *(i["metric"] for kind in ("limit", "ranking") for i in report[kind] if "metric" in i)]
+
+
 def metric_statistic(sweep: dict, metric: str, points=None) -> tuple:
     """(metric, statistic): as written (METRIC:STATISTIC), else the steady one; precise BN only where every
     point compared recorded it (a network without BN has no statistics to re-estimate)."""
     name, _, statistic = metric.partition(":")
     if statistic:
         return name, statistic
-    if name not in sweep["metrics"] and all(part in sweep["steps"]["landscape"] for part in name.split("-")):
+    if name not in sweep["metrics"] and among(name, sweep["steps"]["landscape"]):
         return name, "landscape_mean"  # a figure measured along the steps, not per epoch
     k = sweep["spec"]["report"]["k"]
     statistic = steady(name, set(sweep["metrics"]), k)

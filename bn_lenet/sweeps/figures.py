@@ -15,8 +15,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from .analysis import metric_statistic  # noqa: E402
-from .stats import by_seed, curve_name, describe, field, finished  # noqa: E402
+from .analysis import metric_statistic, named_metrics  # noqa: E402
+from .stats import among, by_seed, curve_name, describe, field, finished  # noqa: E402
 from .sentences import metric_label, point_label  # noqa: E402
 
 PER_PANEL = 6
@@ -209,9 +209,8 @@ def draw_steps(sweep: dict) -> list:
     """The figures recorded along the steps: the learning curve (with the targets of any steps-to-target
     metric dashed), the loss landscape, and internal covariate shift per layer."""
     report, out, made = sweep["spec"]["report"], sweep["out"], []
-    named = [*report["lead"], *(m for c in report["contrast"] for m in [*c.get("metrics", []), c.get("versus", "")])]
     targets = {}
-    for name, _, statistic in (m.partition(":") for m in named):
+    for name, _, statistic in (m.partition(":") for m in named_metrics(report)):
         if statistic.startswith("reach"):
             targets.setdefault(name, []).append(float(statistic[5:]))
     curve = sweep["steps"]["curve"]
@@ -223,7 +222,7 @@ def draw_steps(sweep: dict) -> list:
                      "loss since the row before; mean over the finished seeds, band min..max; dashed: the targets."))
     land = sweep["steps"]["landscape"]
     smooth = [[m for m in ("loss_max-loss_min", "grad_change", "beta_smoothness")
-               if all(part in land for part in m.split("-"))]]
+               if among(m, land)]]
     if land and along_steps(sweep, "landscape", smooth, out / "steps_landscape.png"):
         made.append(("steps_landscape.png", "Along the SGD step, every log.landscape_every steps (landscape.jsonl): "
                      "the loss variation (largest minus least loss at 0.25 to 4 times the step), the gradient's "

@@ -28,7 +28,7 @@ from ..training.files import read_json, read_metrics, read_steps, write_atomic
 from . import figures, sentences
 from .analysis import analyse, metric_statistic
 from .spec import points_of, toml_literal
-from .stats import STEP_FILES, STUCK_ACC, by_seed, describe, examples_per_sec, fields, finished, pm
+from .stats import STEP_FILES, STUCK_ACC, among, by_seed, describe, examples_per_sec, fields, finished, pm
 
 NOT_METRICS = ("epoch", "examples_per_sec", "seconds")
 CONTRAST_COLUMNS = ("a", "b", "metric", "statistic", "n", "paired", "mean_a", "mean_b", "diff", "ci_low", "ci_high",
@@ -129,7 +129,7 @@ def shown_metrics(sweep: dict) -> list:
     if "loss" in sweep["metrics"]:
         cols.append(("loss", "final"))
     known = set(sweep["metrics"]) | set(sweep["steps"]["curve"]) | set(sweep["steps"]["landscape"])
-    return [c for c in dict.fromkeys(cols) if c[1] == "run" or all(part in known for part in c[0].split("-"))]
+    return [c for c in dict.fromkeys(cols) if c[1] == "run" or among(c[0], known)]
 
 
 def table(sweep: dict) -> list:

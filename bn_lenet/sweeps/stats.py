@@ -61,6 +61,11 @@ def field(row: dict, name: str):
     return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
+def among(metric: str, names) -> bool:
+    """Whether every part of METRIC (both sides of an A-B) is one of ``names``."""
+    return all(part in names for part in metric.split("-"))
+
+
 def fields(rows: list) -> set:
     """The names field() can read from these rows (each per-layer table's entries as KEY.LAYER)."""
     out = set()
