@@ -5,7 +5,7 @@ from pathlib import Path
 
 from bn_lenet.sweeps import sweep
 from bn_lenet.sweeps.index import BEGIN, END, update_readme
-from bn_lenet.sweeps.report import adopted_lines
+from bn_lenet.sweeps.report import adopted_lines, unrecorded_wall
 from bn_lenet.sweeps.spec import resolve_runs, spec_from_file
 from helpers import epochs, fake_sweep
 
@@ -74,3 +74,12 @@ def test_provenance_names_runs_another_sweep_trained_and_this_one_adopted():
                                     "--quiet` and adopted here (the same config, checked when adopted); their time "
                                     "is in the compute above, not in the invocations listed"]
     assert adopted_lines({**swept, "runs": [own]}) == []
+
+
+def test_a_sweep_without_recorded_invocations_bounds_its_wall_time_by_the_runs_stamps():
+    metas = [{"started": "2026-12-06T07:22:49+0000", "ended": "2026-12-06T07:30:00+0000"},
+             {"started": "2026-12-06T07:25:00+0000", "ended": "2026-12-06T08:05:49+0000"}]
+    assert unrecorded_wall(metas) == ("the invocations that trained them were not recorded; the runs' own time "
+                                      "stamps span 43.0 min (2026-12-06T07:22:49+0000 to 2026-12-06T08:05:49+0000), "
+                                      "an upper bound on the wall time")
+    assert unrecorded_wall([{"status": "finished"}]).endswith("their wall time is unknown")

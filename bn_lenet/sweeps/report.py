@@ -19,12 +19,14 @@ interrupted / running / failed / not started (not done yet: rerun the command).
 
 import csv
 import math
+from datetime import datetime
 from pathlib import Path
 
 from ..errors import CorruptFile
 from ..training import lock
 from ..training.config import has_batch_stats, load as load_config
 from ..training.files import read_json, read_metrics, read_steps, write_atomic
+from ..training.run_dir import STAMP
 from . import figures, sentences
 from .analysis import analyse, metric_statistic
 from .spec import points_of, toml_literal
@@ -234,6 +236,20 @@ def layer_lines(sweep: dict, item: dict) -> list:
     return lines + [""]
 
 
+def unrecorded_wall(metas: list) -> str:
+    """Sweeps from before invocations were recorded: the runs' own time stamps bound the wall time from above
+    (the span may include pauses between invocations)."""
+    stamp = lambda text: datetime.strptime(text, STAMP)  # noqa: E731
+    started = [stamp(m["started"]) for m in metas if m.get("started")]
+    ended = [stamp(m["ended"]) for m in metas if m.get("ended")]
+    if not started or not ended:
+        return "the invocations that trained them were not recorded, and their wall time is unknown"
+    first, last = min(started), max(ended)
+    span = (last - first).total_seconds()
+    return (f"the invocations that trained them were not recorded; the runs' own time stamps span {span / 60:.1f} "
+            f"min ({first:{STAMP}} to {last:{STAMP}}), an upper bound on the wall time")
+
+
 def provenance_lines(sweep: dict, provenance: dict) -> list:
     metas = [r["meta"] for r in sweep["runs"] if r["meta"]]
     values = lambda key: ", ".join(sorted({str(m.get(key)) for m in metas})) or "unknown"  # noqa: E731
@@ -242,7 +258,8 @@ def provenance_lines(sweep: dict, provenance: dict) -> list:
     wall = sum(c.get("wall_seconds", 0) for c in calls)
     lines = ["## Provenance", "",
              f"- compute: {run_seconds / 60:.1f} min in epochs (training, evaluation, precise BN) summed over the "
-             f"runs; {wall / 60:.1f} min of wall time over {len(calls)} invocation(s) that trained"]
+             f"runs; " + (f"{wall / 60:.1f} min of wall time over {len(calls)} invocation(s) that trained" if calls
+                          else unrecorded_wall(metas))]
     for c in calls:
         setup = f"{c['executor']} executor, {c['jobs']} job(s) x {c['threads_per_run']} thread(s)" \
             if "executor" in c else c.get("how", "")

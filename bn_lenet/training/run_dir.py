@@ -142,8 +142,11 @@ def command() -> str:
     return os.environ.get(launch.COMMAND_ENV) or " ".join(sys.argv)
 
 
+STAMP = "%Y-%m-%dT%H:%M:%S%z"  # meta.json's started/ended, and the report's reading of them
+
+
 def now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    return time.strftime(STAMP)
 
 
 class RunDir:
