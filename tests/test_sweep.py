@@ -205,6 +205,8 @@ def test_ctrl_c_stops_every_run_at_its_next_batch_and_exits_130(spec, tmp_path):
     assert [(m["status"], m["epochs_done"]) for m in metas] == [("interrupted", 1)] * 2
     assert not (out / "runs" / RUN_DIRS[2]).exists()  # nothing new starts after a stop
     assert (out / "report.md").is_file()  # a report of what is done so far
+    [call] = runs.read_json(out / "sweep.json")["provenance"]["invocations"]
+    assert call["stopped"] and call["trained"] == 0  # it brought no run to its end
 
 
 def workers(pid: int) -> list:

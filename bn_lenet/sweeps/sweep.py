@@ -118,10 +118,12 @@ def run_sweep(spec: dict, out, jobs=None, executor="local", ray_address=None, re
     write_sweep_json(spec, out, planned, provenance)
     completed, failed, held = True, [], []
     if todo:
-        done_count = [len(planned) - len(todo)]
+        done_count, ended = [len(planned) - len(todo)], []
 
         def on_result(result):
             done_count[0] += 1
+            if result["status"] in ("finished", "diverged"):
+                ended.append(result)
             {"failed": failed, "held": held, "corrupt": corrupt}.get(result["status"], []).append(result)
             print(f"[{done_count[0]}/{len(planned)}] {progress_line(result)}", flush=True)
 
@@ -133,9 +135,10 @@ def run_sweep(spec: dict, out, jobs=None, executor="local", ray_address=None, re
         else:
             from .executor import run_local
             completed = run_local(tasks, setup["jobs"], setup["threads_per_run"], on_result)
-        # Every invocation that trained something, so the report can give the sweep's whole wall time.
+        # Every invocation that trained something, so the report can give the sweep's whole wall time; "trained"
+        # counts the runs it brought to their end (a stopped one leaves the rest to the next invocation).
         invocation.update(ended=time.strftime("%Y-%m-%dT%H:%M:%S%z"), wall_seconds=time.perf_counter() - clock,
-                          trained=len(todo) - len(held), stopped=not completed)
+                          trained=len(ended), stopped=not completed)
         provenance["invocations"] = provenance.get("invocations", []) + [invocation]
     code = write(spec, out, planned, provenance=provenance)
     left_out = say_left_out(failed, corrupt, held)
