@@ -4,7 +4,7 @@ provenance of adopted runs, and the report's order (question, answer, setup, tab
 from pathlib import Path
 
 from bn_lenet.sweeps import sweep
-from bn_lenet.sweeps.index import BEGIN, END, update_readme
+from bn_lenet.sweeps.index import BEGIN, END, compute, update_readme
 from bn_lenet.sweeps.report import adopted_lines, unrecorded_wall
 from bn_lenet.sweeps.spec import resolve_runs, spec_from_file
 from helpers import epochs, fake_sweep
@@ -83,3 +83,6 @@ def test_a_sweep_without_recorded_invocations_bounds_its_wall_time_by_the_runs_s
                                       "stamps span 43.0 min (2026-12-06T07:22:49+0000 to 2026-12-06T08:05:49+0000), "
                                       "an upper bound on the wall time")
     assert unrecorded_wall([{"status": "finished"}]).endswith("their wall time is unknown")
+    runs = [{"status": "finished", "meta": m, "rows": [{"seconds": 600.0}]} for m in metas]
+    assert compute({"runs": runs, "provenance": {}}) == ("20 min in epochs, 2 of 2 runs done; at most 43 min wall "
+                                                         "(the runs' time stamps)")

@@ -51,7 +51,12 @@ def compute(sweep: dict) -> str:
     wall = sum(c.get("wall_seconds", 0) for c in sweep["provenance"].get("invocations", []))
     done = sum(r["status"] in ("finished", "diverged") for r in sweep["runs"])
     text = f"{seconds / 60:.0f} min in epochs, {done} of {len(sweep['runs'])} runs done"
-    return text + (f"; {wall / 60:.0f} min wall" if wall else "")
+    if wall:
+        return text + f"; {wall / 60:.0f} min wall"
+    from .report import stamp_span
+    span = stamp_span([r["meta"] for r in sweep["runs"] if r["meta"]])  # invocations not recorded: bound it
+    return text + (f"; at most {(span[1] - span[0]).total_seconds() / 60:.0f} min wall (the runs' time stamps)"
+                   if span else "")
 
 
 def rows(root: Path, fresh: bool = True) -> list:

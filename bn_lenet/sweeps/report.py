@@ -236,18 +236,23 @@ def layer_lines(sweep: dict, item: dict) -> list:
     return lines + [""]
 
 
-def unrecorded_wall(metas: list) -> str:
-    """Sweeps from before invocations were recorded: the runs' own time stamps bound the wall time from above
-    (the span may include pauses between invocations)."""
+def stamp_span(metas: list):
+    """The first start and the last end among the runs' own time stamps (datetimes), or None. For a sweep whose
+    invocations were not recorded this bounds its wall time from above (it may include pauses between them)."""
     stamp = lambda text: datetime.strptime(text, STAMP)  # noqa: E731
     started = [stamp(m["started"]) for m in metas if m.get("started")]
     ended = [stamp(m["ended"]) for m in metas if m.get("ended")]
-    if not started or not ended:
+    return (min(started), max(ended)) if started and ended else None
+
+
+def unrecorded_wall(metas: list) -> str:
+    span = stamp_span(metas)
+    if span is None:
         return "the invocations that trained them were not recorded, and their wall time is unknown"
-    first, last = min(started), max(ended)
-    span = (last - first).total_seconds()
-    return (f"the invocations that trained them were not recorded; the runs' own time stamps span {span / 60:.1f} "
-            f"min ({first:{STAMP}} to {last:{STAMP}}), an upper bound on the wall time")
+    first, last = span
+    return (f"the invocations that trained them were not recorded; the runs' own time stamps span "
+            f"{(last - first).total_seconds() / 60:.1f} min ({first:{STAMP}} to {last:{STAMP}}), an upper bound on "
+            f"the wall time")
 
 
 def provenance_lines(sweep: dict, provenance: dict) -> list:
