@@ -11,7 +11,8 @@ METRIC_NAMES = {"test_acc": "test acc", "loss": "training loss", "train_acc": "t
                 "test_acc_precise": "test acc (precise BN)", "test_acc_batch_stats": "test acc (batch statistics)",
                 "examples_per_sec": "examples/s", "train_loss": "training loss",
                 "train_acc-test_acc": "train - test acc gap",
-                "train_acc-test_acc_precise": "train - test acc gap (precise BN)", "loss_max-loss_min": "loss variation along the step",
+                "train_acc-test_acc_precise": "train - test acc gap (precise BN)",
+                "loss_max-loss_min": "loss variation along the step",
                 "grad_change": "gradient change along the step", "beta_smoothness": "effective beta-smoothness",
                 "ics_l2": "ICS (l2)", "ics_cos": "ICS (cosine)"}
 

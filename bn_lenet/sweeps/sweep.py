@@ -28,6 +28,7 @@ from ..training.device import settle
 from ..errors import CorruptFile, UserError
 from ..training.files import read_json, write_json
 from ..training.provenance import git_commit
+from ..training.run_dir import now
 from .executor import run_state
 from .index import SWEEPS_DIR, write_index
 from .spec import MAX_RUNS, check_size, resolve_runs, run_count
@@ -112,7 +113,7 @@ def run_sweep(spec: dict, out, jobs=None, executor="local", ray_address=None, re
             ray = connect_ray(ray_address, cpus=jobs * setup["threads_per_run"])
             setup["ray_address"] = ray_address or "a local instance"
     provenance = dict(previous.get("provenance", {}), reproduce=reproduce)
-    invocation = dict(setup, command=command, git_commit=git_commit(), started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    invocation = dict(setup, command=command, git_commit=git_commit(), started=now())
     clock = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     write_sweep_json(spec, out, planned, provenance)
@@ -137,7 +138,7 @@ def run_sweep(spec: dict, out, jobs=None, executor="local", ray_address=None, re
             completed = run_local(tasks, setup["jobs"], setup["threads_per_run"], on_result)
         # Every invocation that trained something, so the report can give the sweep's whole wall time; "trained"
         # counts the runs it brought to their end (a stopped one leaves the rest to the next invocation).
-        invocation.update(ended=time.strftime("%Y-%m-%dT%H:%M:%S%z"), wall_seconds=time.perf_counter() - clock,
+        invocation.update(ended=now(), wall_seconds=time.perf_counter() - clock,
                           trained=len(ended), stopped=not completed)
         provenance["invocations"] = provenance.get("invocations", []) + [invocation]
     code = write(spec, out, planned, provenance=provenance)
